@@ -24,8 +24,97 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------- commands
 
 
-def _cmd_placeholder(args) -> int:  # replaced as the stages land
-    raise DbgpuError(f"'{args.command}' is not implemented yet")
+def _model_options(p: argparse.ArgumentParser, *, default_model: str | None = None) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=default_model is None, default=default_model,
+                   help="alias (smollm2-135m, gemma3-270m), random:llama|qwen2|gemma3, local dir, "
+                        ".gguf file or hub id" + (f" (default {default_model})" if default_model else ""))
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    g.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    g.add_argument("--cache-dir", default=None, help="where dequantised GGUF models are cached "
+                                                     "(default: the user cache dir, e.g. ~/.cache/dbgpu)")
+
+
+def _task_options(p: argparse.ArgumentParser, *, default_task: str | None = None) -> None:
+    g = p.add_argument_group("task")
+    g.add_argument("--task", required=default_task is None, default=default_task, help="task name (word100)")
+    g.add_argument("--template", default=None, metavar="FILE",
+                   help="user prompt template file: Jinja ({{ state }}) or plain text with {state}")
+    g.add_argument("--answer-prefix", default=None, metavar="TEXT",
+                   help="text that opens the answer, part of the prompt (word100 default: 'Word:'; '' for none)")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default 1)")
+    g.add_argument("--batch-tokens", type=int, default=16384, help="token budget per forward pass")
+
+
+def _task_from(args):
+    from dbgpu.jobs import read_template
+    from dbgpu.tasks import get_task
+
+    return get_task(args.task, template=read_template(args.template), answer_prefix=args.answer_prefix)
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="exact log T(f,g) for every pair of a state set",
+                       description="Compute the exact kernel log T(f,g) by teacher forcing for all pairs "
+                                   "and write states.json, logT.npy, prompts.json, meta.json.")
+    _model_options(p)
+    _task_options(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--states", metavar="FILE", help="JSON list, text file (one per line) or score dir")
+    src.add_argument("--state-list", metavar="A,B,C", help="comma-separated states")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args) -> int:
+    from dbgpu.jobs import parse_state_list, read_states_file, score_job
+
+    task = _task_from(args)
+    states = read_states_file(args.states) if args.states else parse_state_list(args.state_list)
+    meta = score_job(model=args.model, task=task, states=states, out=args.out, template_path=args.template,
+                     temperature=args.temperature, device=args.device, dtype=args.dtype,
+                     cache_dir=args.cache_dir, batch_tokens=args.batch_tokens, progress=not args.quiet)
+    print(f"scored {meta['n_states']}x{meta['n_states']} pairs in {meta['seconds']:.1f} s "
+          f"({meta['tokens']} tokens) -> {args.out}")
+    return 0
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="the main job end to end on defaults",
+                       description="States (the task's seed set), exact kernel, analysis, in one directory.")
+    _model_options(p, default_model="smollm2-135m")
+    _task_options(p, default_task="word100")
+    p.add_argument("--n-states", type=int, default=24, help="size of the seed state set (default 24)")
+    p.add_argument("--out", default="runs/default", metavar="DIR", help="output directory (default runs/default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args) -> int:
+    import numpy as np
+
+    from dbgpu.jobs import kernel_summary, score_job
+
+    if args.n_states < 2:
+        raise DbgpuError(f"--n-states must be at least 2, got {args.n_states}")
+    task = _task_from(args)
+    states = task.seed_states(args.n_states)
+    print(f"dbgpu run: task {task.name}, model {args.model}, {len(states)} states -> {args.out}")
+    meta = score_job(model=args.model, task=task, states=states, out=args.out, template_path=args.template,
+                     temperature=args.temperature, device=args.device, dtype=args.dtype,
+                     cache_dir=args.cache_dir, batch_tokens=args.batch_tokens, progress=not args.quiet)
+    print(f"model {meta['model']} on {meta['device']} ({meta['dtype']}), loaded in {meta['load_seconds']:.1f} s"
+          f"{' from cache' if meta['loaded_from_cache'] else ''}; scored {len(states) ** 2} pairs in "
+          f"{meta['seconds']:.1f} s ({meta['tokens']} tokens)")
+    from pathlib import Path
+
+    out = Path(args.out)
+    print()
+    print(kernel_summary(states, np.load(out / "logT.npy")))
+    print()
+    print(f"files in {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
+    return 0
 
 
 # --------------------------------------------------------------------------- parser
@@ -39,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dbgpu {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    _add_run(sub)
+    _add_score(sub)
     return parser
 
 

