@@ -135,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage errors (2) and --help / --version (0)
+        return int(e.code or 0)
     try:
         return int(args.func(args) or 0)
     except DbgpuError as e:

@@ -216,9 +216,11 @@ def random_model(arch: str, *, seed: int = 0, vocab_size: int | None = None, ove
     tokenizer = byte_tokenizer(chat=chat)
     spec["vocab_size"] = vocab_size or 64 * ((len(tokenizer) + 63) // 64)
     config = AutoConfig.for_model(model_type, **spec)
-    config.bos_token_id = tokenizer.bos_token_id
-    config.eos_token_id = tokenizer.eos_token_id
-    config.pad_token_id = tokenizer.pad_token_id
+    # (a vocabulary cut below the tokenizer's, for closure tests, has no special tokens)
+    fits = spec["vocab_size"] >= len(tokenizer)
+    config.bos_token_id = tokenizer.bos_token_id if fits else None
+    config.eos_token_id = tokenizer.eos_token_id if fits else None
+    config.pad_token_id = tokenizer.pad_token_id if fits else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)

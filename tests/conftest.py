@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny fixed-seed random models, the real SmolLM2 (slow), a CUDA marker."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory):
+    """One dequantised-model cache per test session (a fresh machine starts cold too)."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_lms():
+    """random:llama / qwen2 / gemma3, loaded once per session, seed 0."""
+    from dbgpu.models import load_model
+
+    cache = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            cache[arch] = load_model(f"random:{arch}", device="cpu", seed=0)
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def smollm2(model_cache):
+    """The real SmolLM2-135M-Instruct (GGUF, dequantised to fp32 on CPU)."""
+    from dbgpu.models import load_model
+
+    return load_model("smollm2-135m", device="cpu", cache_dir=model_cache)
+
+
+@pytest.fixture(scope="session")
+def word_task():
+    from dbgpu.tasks import get_task
+
+    return get_task("word100")
+
+
+def reference_logT(model, prompt_ids: list[int], cont_ids: list[int], *, temperature: float = 1.0) -> float:
+    """Independent computation: one plain, unpadded forward pass of prompt + continuation."""
+    ids = torch.tensor([prompt_ids + cont_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].double()               # (T, V)
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    P = len(prompt_ids)
+    return float(sum(logp[P + k - 1, t] for k, t in enumerate(cont_ids)))

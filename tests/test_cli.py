@@ -1,0 +1,152 @@
+"""The command-line contracts (SPEC): files written by `dbgpu score`, `dbgpu run`, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import reference_logT
+
+from dbgpu.cli import main
+from dbgpu.models import load_model
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_score_writes_the_contract_files(tmp_path, capsys):
+    out = tmp_path / "score"
+    code, stdout, err = run_cli(capsys, "score", "--model", "random:qwen2", "--task", "word100",
+                                "--state-list", "attitude,BUZZY,Excellent", "--out", out, "--quiet")
+    assert code == 0, err
+    states = json.loads((out / "states.json").read_text())
+    assert states == ["ATTITUDE", "BUZZY", "EXCELLENT"]
+    logT = np.load(out / "logT.npy")
+    assert logT.dtype == np.float64 and logT.shape == (3, 3)
+    prompts = json.loads((out / "prompts.json").read_text())
+    assert list(prompts["sources"]) == states and list(prompts["targets"]) == states
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model"] == "random:qwen2"
+    assert meta["resolved"] == {"path": "random:qwen2", "gguf_file": None}
+    assert meta["dtype"] == "float32" and meta["device"] == "cpu" and meta["temperature"] == 1.0
+    assert meta["seconds"] > 0 and meta["tokens"] > 0
+    assert not list(out.glob(".*tmp")), "no temporary files left behind"
+
+    # The contract's own recipe: tokenize each text alone without special tokens, concatenate,
+    # sum the continuation's log-probs. Recomputed here with an independent forward pass.
+    lm = load_model("random:qwen2", device="cpu")
+    tok = lm.tokenizer
+    for i, f in enumerate(states):
+        for j, g in enumerate(states):
+            p = tok(prompts["sources"][f], add_special_tokens=False).input_ids
+            c = tok(prompts["targets"][g], add_special_tokens=False).input_ids
+            assert abs(logT[i, j] - reference_logT(lm.model, p, c)) < 2e-5
+    assert prompts["targets"]["BUZZY"] == " BUZZY<|im_end|>"
+
+
+def test_score_reads_state_files_and_temperature(tmp_path, capsys):
+    (tmp_path / "s.txt").write_text("# my states\nTURKEY\nPERSONAL\n")
+    (tmp_path / "s.json").write_text('["TURKEY", "PERSONAL"]')
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli(capsys, "score", "--model", "random:llama", "--task", "word100", "--states", tmp_path / "s.txt",
+                   "--out", a, "--temperature", "0.5", "--quiet")[0] == 0
+    assert run_cli(capsys, "score", "--model", "random:llama", "--task", "word100", "--states", tmp_path / "s.json",
+                   "--out", b, "--temperature", "0.5", "--quiet")[0] == 0
+    assert json.loads((a / "states.json").read_text()) == ["TURKEY", "PERSONAL"]
+    np.testing.assert_array_equal(np.load(a / "logT.npy"), np.load(b / "logT.npy"))
+    assert json.loads((a / "meta.json").read_text())["temperature"] == 0.5
+    # a score directory is a state file too
+    c = tmp_path / "c"
+    assert run_cli(capsys, "score", "--model", "random:llama", "--task", "word100", "--states", a,
+                   "--out", c, "--quiet", "--temperature", "0.5")[0] == 0
+    np.testing.assert_array_equal(np.load(a / "logT.npy"), np.load(c / "logT.npy"))
+
+
+def test_template_and_answer_prefix_reach_the_prompt(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("Example word: {state}. Give another.")
+    out = tmp_path / "o"
+    code, _, err = run_cli(capsys, "score", "--model", "random:gemma3", "--task", "word100", "--state-list", "BUZZY",
+                           "--template", tmp_path / "t.txt", "--answer-prefix", "", "--out", out, "--quiet")
+    assert code == 0, err
+    prompts = json.loads((out / "prompts.json").read_text())
+    assert prompts["sources"]["BUZZY"] == "<bos>Example word: BUZZY. Give another.\n"
+    assert prompts["targets"]["BUZZY"] == "BUZZY<eos>"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "no-such-model", "--state-list", "BUZZY"], "unknown model"),
+    (["--model", "random:llama", "--task", "nope", "--state-list", "BUZZY"], "unknown task"),
+    (["--model", "random:llama", "--state-list", ","], "empty"),
+    (["--model", "random:llama", "--state-list", "BUZZY,42"], "not a word"),
+    (["--model", "random:llama", "--state-list", "BUZZY,buzzy"], "twice"),
+    (["--model", "random:llama", "--states", "MISSING.json"], "not found"),
+    (["--model", "random:llama", "--states", "CORRUPT.json"], "not valid JSON"),
+    (["--model", "random:llama", "--states", "DICT.json"], "list of strings"),
+    (["--model", "random:llama", "--state-list", "BUZZY", "--temperature", "0"], "temperature"),
+    (["--model", "random:llama", "--state-list", "BUZZY", "--template", "MISSING.txt"], "template file not found"),
+    (["--model", "random:llama", "--state-list", "BUZZY", "--device", "tpu"], "device"),
+    (["--model", "random:llama", "--state-list", "BUZZY", "--temperature", "hot"], "invalid float"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
+    (tmp_path / "CORRUPT.json").write_text('["BUZZY", ')
+    (tmp_path / "DICT.json").write_text('{"a": 1}')
+    args = [str(tmp_path / a) if a.endswith((".json", ".txt")) else a for a in args]
+    if "--task" not in args:
+        args += ["--task", "word100"]
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "score", *args, "--out", out, "--quiet")
+    assert code == 2
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_out_dir_that_is_a_file_is_rejected(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("x")
+    code, _, err = run_cli(capsys, "score", "--model", "random:llama", "--task", "word100",
+                           "--state-list", "BUZZY", "--out", target, "--quiet")
+    assert code == 2 and "not a directory" in err and target.read_text() == "x"
+
+
+def test_usage_errors_are_one_line_too():
+    r = subprocess.run([sys.executable, "-m", "dbgpu", "score", "--task", "word100"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "required" in r.stderr
+
+
+def test_run_end_to_end_on_a_random_model(tmp_path):
+    """`dbgpu run` as a user runs it (a subprocess), on a tiny model."""
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "dbgpu", "run", "--model", "random:llama", "--n-states", "5",
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "coverage" in r.stdout and "top" in r.stdout and str(out) in r.stdout
+    states = json.loads((out / "states.json").read_text())
+    assert len(states) == 5
+    logT = np.load(out / "logT.npy")
+    assert np.all(np.logaddexp.reduce(logT, axis=1) <= 0)
+
+
+@pytest.mark.slow
+def test_score_on_smollm2_matches_plain_forward(tmp_path, capsys, model_cache, smollm2):
+    out = tmp_path / "s"
+    code, _, err = run_cli(capsys, "score", "--model", "smollm2-135m", "--task", "word100", "--state-list",
+                           "ATTITUDE,TURKEY", "--out", out, "--cache-dir", model_cache, "--quiet")
+    assert code == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["resolved"]["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    prompts = json.loads((out / "prompts.json").read_text())
+    logT = np.load(out / "logT.npy")
+    tok = smollm2.tokenizer
+    for i, f in enumerate(["ATTITUDE", "TURKEY"]):
+        for j, g in enumerate(["ATTITUDE", "TURKEY"]):
+            p = tok(prompts["sources"][f], add_special_tokens=False).input_ids
+            c = tok(prompts["targets"][g], add_special_tokens=False).input_ids
+            assert abs(logT[i, j] - reference_logT(smollm2.model, p, c)) < 2e-3
+    assert torch.all(torch.logsumexp(torch.from_numpy(logT), 1) <= 0)
