@@ -43,7 +43,16 @@ def _task_options(p: argparse.ArgumentParser, *, default_task: str | None = None
     g.add_argument("--answer-prefix", default=None, metavar="TEXT",
                    help="text that opens the answer, part of the prompt (word100 default: 'Word:'; '' for none)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default 1)")
-    g.add_argument("--batch-tokens", type=int, default=16384, help="token budget per forward pass")
+
+
+def _scoring_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scoring")
+    g.add_argument("--method", default="tree", choices=["tree", "plain"],
+                   help="tree: shared-prefix cache + continuation trie (default); plain: one padded row per pair")
+    g.add_argument("--batch-tokens", type=int, default=16384, help="plain: token budget per forward pass")
+    g.add_argument("--max-logits", type=int, default=None,
+                   help="tree: bound on rows x kept positions x vocab per forward "
+                        "(default 2^28 on CUDA, 2^26 on CPU; halved automatically on out-of-memory)")
 
 
 def _task_from(args):
@@ -59,6 +68,7 @@ def _add_score(sub) -> None:
                                    "and write states.json, logT.npy, prompts.json, meta.json.")
     _model_options(p)
     _task_options(p)
+    _scoring_options(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--states", metavar="FILE", help="JSON list, text file (one per line) or score dir")
     src.add_argument("--state-list", metavar="A,B,C", help="comma-separated states")
@@ -74,7 +84,8 @@ def _cmd_score(args) -> int:
     states = read_states_file(args.states) if args.states else parse_state_list(args.state_list)
     meta = score_job(model=args.model, task=task, states=states, out=args.out, template_path=args.template,
                      temperature=args.temperature, device=args.device, dtype=args.dtype,
-                     cache_dir=args.cache_dir, batch_tokens=args.batch_tokens, progress=not args.quiet)
+                     cache_dir=args.cache_dir, method=args.method, batch_tokens=args.batch_tokens,
+                     max_logits=args.max_logits, progress=not args.quiet)
     print(f"scored {meta['n_states']}x{meta['n_states']} pairs in {meta['seconds']:.1f} s "
           f"({meta['tokens']} tokens) -> {args.out}")
     return 0
@@ -85,6 +96,7 @@ def _add_run(sub) -> None:
                        description="States (the task's seed set), exact kernel, analysis, in one directory.")
     _model_options(p, default_model="smollm2-135m")
     _task_options(p, default_task="word100")
+    _scoring_options(p)
     p.add_argument("--n-states", type=int, default=24, help="size of the seed state set (default 24)")
     p.add_argument("--out", default="runs/default", metavar="DIR", help="output directory (default runs/default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -103,7 +115,8 @@ def _cmd_run(args) -> int:
     print(f"dbgpu run: task {task.name}, model {args.model}, {len(states)} states -> {args.out}")
     meta = score_job(model=args.model, task=task, states=states, out=args.out, template_path=args.template,
                      temperature=args.temperature, device=args.device, dtype=args.dtype,
-                     cache_dir=args.cache_dir, batch_tokens=args.batch_tokens, progress=not args.quiet)
+                     cache_dir=args.cache_dir, method=args.method, batch_tokens=args.batch_tokens,
+                     max_logits=args.max_logits, progress=not args.quiet)
     print(f"model {meta['model']} on {meta['device']} ({meta['dtype']}), loaded in {meta['load_seconds']:.1f} s"
           f"{' from cache' if meta['loaded_from_cache'] else ''}; scored {len(states) ** 2} pairs in "
           f"{meta['seconds']:.1f} s ({meta['tokens']} tokens)")

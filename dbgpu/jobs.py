@@ -74,20 +74,24 @@ def versions() -> dict:
             "transformers": transformers.__version__, "python": sys.version.split()[0]}
 
 
-def exact_kernel(lm, task: Task, states: list[str], *, temperature: float = 1.0,
-                 batch_tokens: int = 16384, progress: bool = False):
+def exact_kernel(lm, task: Task, states: list[str], *, temperature: float = 1.0, method: str = "tree",
+                 batch_tokens: int = 16384, max_logits: int | None = None, progress: bool = False):
     """log T over all pairs of `states` for a loaded model: (logT, prompts, continuations, stats)."""
     from dbgpu.formatting import continuation_text, encode, prompt_text
     from dbgpu.scoring import ScoreStats, score_matrix
+    from dbgpu.tree import trie_lower_bound
 
     tok = lm.tokenizer
     sources = {f: prompt_text(tok, task, f) for f in states}
     targets = {g: continuation_text(tok, task, g) for g in states}
+    P = [encode(tok, sources[f]) for f in states]
+    C = [encode(tok, targets[g]) for g in states]
+    options = {"batch_tokens": batch_tokens} if method == "plain" else {"max_logits": max_logits}
     stats = ScoreStats()
-    logT = score_matrix(lm.model, [encode(tok, sources[f]) for f in states],
-                        [encode(tok, targets[g]) for g in states],
-                        temperature=temperature, batch_tokens=batch_tokens,
-                        pad_id=tok.pad_token_id, progress=progress, stats=stats)
+    logT = score_matrix(lm.model, P, C, method=method, temperature=temperature, pad_id=tok.pad_token_id,
+                        progress=progress, stats=stats, **options)
+    stats.extra["trie_lower_bound"] = trie_lower_bound(P, C)
+    stats.extra["tokens_over_lower_bound"] = stats.tokens / stats.extra["trie_lower_bound"]
     return logT, {"sources": sources, "targets": targets}, stats
 
 
@@ -101,21 +105,28 @@ def write_score_dir(out: Path, *, states: list[str], logT: np.ndarray, prompts: 
 
 
 def score_job(*, model: str, task: Task, states: list[str], out: str | Path, template_path=None,
-              temperature: float = 1.0, device="auto", dtype="auto", cache_dir=None,
-              batch_tokens: int = 16384, progress: bool = True, lm=None) -> dict:
+              temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto", cache_dir=None,
+              batch_tokens: int = 16384, max_logits: int | None = None, progress: bool = True,
+              lm=None) -> dict:
     """Score `states` under `model` and write a score directory. Returns meta.json's dict."""
     from dbgpu.models import load_model
 
     if not temperature > 0:
         raise DbgpuError(f"temperature must be positive, got {temperature}")
+    from dbgpu.scoring import METHODS
+
+    if method not in METHODS:
+        raise DbgpuError(f"unknown scoring method {method!r} (use {' or '.join(METHODS)})")
+    if max_logits is not None and max_logits < 1:
+        raise DbgpuError(f"max logits must be positive, got {max_logits}")
     if batch_tokens < 1:
         raise DbgpuError(f"batch tokens must be positive, got {batch_tokens}")
     states = canonical_states(task, states)
     out = check_out_dir(out)
     if lm is None:
         lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
-    logT, prompts, stats = exact_kernel(lm, task, states, temperature=temperature,
-                                        batch_tokens=batch_tokens, progress=progress)
+    logT, prompts, stats = exact_kernel(lm, task, states, temperature=temperature, method=method,
+                                        batch_tokens=batch_tokens, max_logits=max_logits, progress=progress)
     meta = {
         "model": model,
         "resolved": lm.resolved,
@@ -124,7 +135,7 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
         "answer_prefix": task.answer_prefix,
         "n_states": len(states),
         "temperature": temperature,
-        "method": "plain",
+        "method": method,
         "dtype": str(lm.dtype).removeprefix("torch."),
         "device": str(lm.device),
         "seconds": stats.seconds,

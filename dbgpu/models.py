@@ -55,6 +55,15 @@ RANDOM_CONFIGS: dict[str, dict] = {
     "gemma3": dict(model_type="gemma3_text", chat=False, head_dim=16, sliding_window=8,
                    layer_types=["sliding_attention", "full_attention"],
                    **{**_TINY, "num_hidden_layers": 2}),
+    # Real-size shapes with random weights, for throughput work on a GPU (byte-level tokenizer).
+    "qwen2-0.5b": dict(model_type="qwen2", chat=True, hidden_size=896, intermediate_size=4864,
+                       num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                       max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=True,
+                       vocab_size=151936),
+    "llama-3.2-1b": dict(model_type="llama", chat=True, hidden_size=2048, intermediate_size=8192,
+                         num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                         max_position_embeddings=131072, rope_theta=5e5, tie_word_embeddings=True,
+                         vocab_size=128256),
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -214,7 +223,7 @@ def random_model(arch: str, *, seed: int = 0, vocab_size: int | None = None, ove
     model_type = spec.pop("model_type")
     spec.update(overrides or {})
     tokenizer = byte_tokenizer(chat=chat)
-    spec["vocab_size"] = vocab_size or 64 * ((len(tokenizer) + 63) // 64)
+    spec["vocab_size"] = vocab_size or spec.get("vocab_size") or 64 * ((len(tokenizer) + 63) // 64)
     config = AutoConfig.for_model(model_type, **spec)
     # (a vocabulary cut below the tokenizer's, for closure tests, has no special tokens)
     fits = spec["vocab_size"] >= len(tokenizer)

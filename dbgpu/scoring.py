@@ -5,9 +5,10 @@
 over the tokens y of continuation(g) (answer + end-of-turn token), given prompt(f).
 Log-softmax in float32 whatever the model dtype, sums in float64.
 
-`score_pairs` is the batched reference ("plain") scorer: every (prompt, continuation)
+`score_sequences` is the batched reference ("plain") scorer: every (prompt, continuation)
 pair is one padded row, many rows per forward pass, and only the continuation
-positions' logits are computed (left padding + `logits_to_keep`).
+positions' logits are computed (left padding + `logits_to_keep`). The fast scorer
+(shared prefix + continuation trie) is `dbgpu.tree`; `score_matrix` dispatches.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class ScoreStats:
     forward_passes: int = 0
     tokens: int = 0             # real (non-pad) token positions run through the model
     padded_tokens: int = 0      # positions including padding
+    logit_positions: int = 0    # positions whose logits were computed (lm head + log-softmax)
     pairs: int = 0
     peak_memory_bytes: int | None = None
     extra: dict = field(default_factory=dict)
@@ -121,6 +123,7 @@ def score_sequences(model, prompts: list[list[int]], conts: list[list[int]], pai
         stats.forward_passes += 1
         stats.tokens += int(mask.sum())
         stats.padded_tokens += B * T
+        stats.logit_positions += B * keep
         bar.update(B)
     bar.close()
     stats.pairs += len(pairs)
@@ -130,8 +133,24 @@ def score_sequences(model, prompts: list[list[int]], conts: list[list[int]], pai
     return out
 
 
-def score_matrix(model, prompts: list[list[int]], conts: list[list[int]], **kwargs) -> np.ndarray:
-    """log T for every (prompt, continuation) pair: (N, M) float64, row = source."""
+METHODS = ("tree", "plain")
+
+
+def score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, method: str = "plain",
+                 **kwargs) -> np.ndarray:
+    """log T for every (prompt, continuation) pair: (N, M) float64, row = source.
+
+    method="plain": every pair its own padded row (the reference; kwargs batch_tokens,
+    max_batch, padding_side). method="tree": shared-prefix cache + continuation trie
+    (`dbgpu.tree`; kwargs max_logits, max_rows). Both take temperature, pad_id,
+    progress, stats.
+    """
+    if method == "tree":
+        from dbgpu.tree import tree_score_matrix
+
+        return tree_score_matrix(model, prompts, conts, **kwargs)
+    if method != "plain":
+        raise DbgpuError(f"unknown scoring method {method!r} (use {' or '.join(METHODS)})")
     N, M = len(prompts), len(conts)
     pairs = np.stack(np.meshgrid(np.arange(N), np.arange(M), indexing="ij"), -1).reshape(-1, 2)
     return score_sequences(model, prompts, conts, pairs, **kwargs).reshape(N, M)

@@ -1,0 +1,203 @@
+"""Exact-kernel scoring throughput: dbgpu's tree scorer vs the baselines, same pairs, one run.
+
+    python benchmarks/bench_score.py                                  # SmolLM2, CPU, N = 48 and 100
+    python benchmarks/bench_score.py --model random:qwen2-0.5b --device cuda --dtype bfloat16 --n 100 500
+
+Methods, all on the same model, states and (context, continuation) texts:
+  tree      dbgpu: shared-prefix KV cache + one continuation trie per source (all N^2 pairs)
+  batched   dbgpu --method plain: every pair its own row, padded batches (optional, --batched)
+  per-pair  one plain forward pass per pair, no batching, no cache (what a naive scorer does)
+  lm-eval   lm-evaluation-harness HFLM.loglikelihood (batch 16), needs `pip install lm-eval`
+
+The baselines are slow (tenths of a second per pair on a CPU), so unless --full they are
+timed on a seeded random subset of pairs and their time for all N^2 pairs is
+extrapolated from the mean time per pair (marked "est."). Values are compared with the
+tree scorer on the pairs each baseline ran. Warm-up before every timing; on CUDA
+`torch.cuda.synchronize()` brackets each timing and peak memory is reset per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from dbgpu.formatting import continuation_text, encode, prompt_text
+from dbgpu.jobs import versions
+from dbgpu.models import load_model
+from dbgpu.scoring import ScoreStats, score_matrix, score_sequences
+from dbgpu.tasks import get_task
+from dbgpu.tree import trie_lower_bound
+
+# dense bf16 peak of common cards, for model FLOP utilisation
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_flops(device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def forward_flops(n_params_no_embed: int, tokens: int, logits_positions: int, hidden: int, vocab: int) -> float:
+    """Model FLOPs: 2 x non-embedding params per token + 2 x hidden x vocab per logits position
+    (attention score FLOPs are small at these lengths and left out)."""
+    return 2.0 * n_params_no_embed * tokens + 2.0 * hidden * vocab * logits_positions
+
+
+@torch.inference_mode()
+def per_pair_loop(model, prompts, conts, pairs, device) -> np.ndarray:
+    out = np.empty(len(pairs))
+    for k, (i, j) in enumerate(pairs):
+        ids = torch.tensor([prompts[i] + conts[j]], device=device)
+        logits = model(input_ids=ids).logits[0, len(prompts[i]) - 1:-1].float()     # (C, V)
+        lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(conts[j], device=device)[:, None])
+        out[k] = lp.double().sum().item()
+    return out
+
+
+def lm_eval_scores(lm, sources, targets, states, pairs, *, batch_size: int) -> np.ndarray:
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    hf = HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size, device=str(lm.device),
+              add_bos_token=False)
+    reqs = [Instance(request_type="loglikelihood", doc={}, idx=k,
+                     arguments=(sources[states[i]], targets[states[j]])) for k, (i, j) in enumerate(pairs)]
+    return np.array([ll for ll, _ in hf.loglikelihood(reqs, disable_tqdm=True)])
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    t0 = time.perf_counter()
+    value = fn()
+    sync(device)
+    seconds = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return value, seconds, peak
+
+
+def bench_n(lm, task, n: int, args, rng) -> list[dict]:
+    tok, model, device = lm.tokenizer, lm.model, lm.device
+    states = task.seed_states(n)
+    sources = {f: prompt_text(tok, task, f) for f in states}
+    targets = {g: continuation_text(tok, task, g) for g in states}
+    P = [encode(tok, sources[f]) for f in states]
+    C = [encode(tok, targets[g]) for g in states]
+    pad = tok.pad_token_id
+    all_pairs = n * n
+    bound = trie_lower_bound(P, C)
+    cfg = model.config
+    V = model.get_output_embeddings().weight.shape[0]
+    n_embed = model.get_input_embeddings().weight.numel()
+    n_body = sum(p.numel() for p in model.parameters()) - n_embed
+    rows = []
+
+    # tree: warm up on a few sources, then all pairs
+    score_matrix(model, P[:2], C[:4], method="tree", pad_id=pad, max_logits=args.max_logits)
+    stats = ScoreStats()
+    tree, sec, peak = timed(lambda: score_matrix(model, P, C, method="tree", pad_id=pad, stats=stats,
+                                                 max_logits=args.max_logits, progress=args.progress), device)
+    rows.append(dict(method="tree", pairs=all_pairs, seconds=sec, est=False, tokens=stats.tokens,
+                     peak=peak, max_diff=0.0,
+                     flops=forward_flops(n_body, stats.tokens, stats.logit_positions, cfg.hidden_size, V)))
+
+    subset = rng.choice(all_pairs, size=min(args.baseline_pairs, all_pairs), replace=False)
+    pairs = np.stack([subset // n, subset % n], 1) if not args.full else \
+        np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1).reshape(-1, 2)
+    ref = tree[pairs[:, 0], pairs[:, 1]]
+    per_pair_tokens = np.mean([len(P[i]) + len(C[j]) for i, j in pairs])
+    logit_pos = np.mean([len(C[j]) for _, j in pairs])      # positions a lean baseline needs logits at
+
+    def add(method, fn, warm):
+        warm()
+        vals, s, pk = timed(fn, device)
+        scale = all_pairs / len(pairs)
+        rows.append(dict(method=method, pairs=len(pairs), seconds=s * scale, est=scale != 1,
+                         tokens=int(per_pair_tokens * all_pairs), peak=pk,
+                         max_diff=float(np.abs(vals - ref).max()),
+                         flops=forward_flops(n_body, per_pair_tokens * len(pairs), logit_pos * len(pairs),
+                                             cfg.hidden_size, V) * scale))
+
+    if args.batched:
+        add("batched", lambda: score_sequences(model, P, C, pairs, pad_id=pad),
+            lambda: score_sequences(model, P, C, pairs[:4], pad_id=pad))
+    add("per-pair", lambda: per_pair_loop(model, P, C, pairs, device),
+        lambda: per_pair_loop(model, P, C, pairs[:2], device))
+    if not args.no_lm_eval:
+        try:
+            import lm_eval  # noqa: F401
+        except ImportError:
+            print("lm-eval not installed (pip install 'dbgpu[bench]'); skipping it", file=sys.stderr)
+        else:
+            add("lm-eval", lambda: lm_eval_scores(lm, sources, targets, states, pairs, batch_size=16),
+                lambda: lm_eval_scores(lm, sources, targets, states, pairs[:4], batch_size=16))
+    for r in rows:
+        r.update(n=n, lower_bound=bound, tree_seconds=rows[0]["seconds"])
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--n", type=int, nargs="+", default=[48, 100], help="state-set sizes")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--baseline-pairs", type=int, default=96, help="pairs the slow baselines run (extrapolated)")
+    ap.add_argument("--full", action="store_true", help="run the baselines on all N^2 pairs")
+    ap.add_argument("--batched", action="store_true", help="also time dbgpu --method plain")
+    ap.add_argument("--no-lm-eval", action="store_true")
+    ap.add_argument("--max-logits", type=int, default=None)
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
+
+    lm = load_model(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
+    task = get_task("word100")
+    device = lm.device
+    v = versions()
+    print(f"# bench_score: model {args.model} ({lm.info['model_type']}, {lm.info['n_params'] / 1e6:.0f}M params), "
+          f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'} "
+          f"[{device}], dtype {str(lm.dtype).removeprefix('torch.')}, threads {torch.get_num_threads()}, "
+          f"torch {v['torch']}, transformers {v['transformers']}, python {v['python']}")
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for n in args.n:
+        rows += bench_n(lm, task, n, args, rng)
+    peak = peak_flops(device)
+    hdr = (f"{'N':>4} {'method':<9} {'pairs run':>9} {'seconds (all N^2)':>18} {'pairs/s':>9} {'tokens':>10} "
+           f"{'tok/bound':>9} {'speed-up':>9} {'max|dlogT|':>10} {'MFU':>6} {'peak MiB':>9}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        secs = f"{r['seconds']:.2f}{' est.' if r['est'] else ''}"
+        mfu = f"{r['flops'] / r['seconds'] / peak:.1%}" if peak else "-"
+        pk = f"{r['peak'] / 2**20:.0f}" if r["peak"] is not None else "-"
+        print(f"{r['n']:>4} {r['method']:<9} {r['pairs']:>9} {secs:>18} {r['n'] ** 2 / r['seconds']:>9.1f} "
+              f"{r['tokens']:>10} {r['tokens'] / r['lower_bound']:>9.2f} {r['seconds'] / r['tree_seconds']:>8.1f}x "
+              f"{r['max_diff']:>10.2e} {mfu:>6} {pk:>9}")
+    print("speed-up = method seconds / tree seconds; tok/bound = token positions run / token-trie lower bound; "
+          "max|dlogT| = largest difference from the tree scorer on the pairs the method ran")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"versions": v, "model": args.model, "device": str(device), "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,140 @@
+"""The fast scorer (shared prefix + continuation trie) against the plain scorer and a
+per-pair forward pass; its trie, its memory chunking, its out-of-memory back-off."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from conftest import reference_logT
+
+from dbgpu.formatting import continuation_text, encode, prompt_text
+from dbgpu.scoring import ScoreStats, score_matrix
+from dbgpu.tree import build_trie, common_prefix_length, tree_score_matrix, trie_lower_bound
+
+STATES = ["ATTITUDE", "BUZZY", "EXCELLENT", "TURKEY", "PROBLEMS", "PERSONAL", "PURSUE"]
+
+
+def _ids(lm, task, states=STATES):
+    tok = lm.tokenizer
+    return ([encode(tok, prompt_text(tok, task, f)) for f in states],
+            [encode(tok, continuation_text(tok, task, g)) for g in states])
+
+
+def test_trie_golden():
+    conts = [[5, 6, 9], [5, 7, 9], [5, 6, 8, 9], [4, 9]]
+    t = build_trie(conts)
+    # nodes: 5, 5-6, 5-7, 5-6-8, 4 are internal (5); leaves: the four 9s after them
+    assert t.n_internal == 5 and t.n_nodes == 9
+    assert sorted(t.token[:t.n_internal].tolist()) == [4, 5, 6, 7, 8]
+    for j, c in enumerate(conts):                       # each path spells its continuation
+        nodes = np.flatnonzero(t.paths[:, j])
+        assert sorted(t.token[nodes].tolist()) == sorted(c)
+        assert len(nodes) == len(c)
+        assert sorted(t.depth[nodes].tolist()) == list(range(len(c)))
+    assert np.all(t.parent[:t.n_internal] < np.arange(t.n_internal)), "parents come first"
+
+
+def test_prefix_and_lower_bound_golden():
+    prompts = [[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 6]]
+    assert common_prefix_length(prompts) == 2
+    assert common_prefix_length([[1, 2, 3]]) == 2          # the last token is always scored
+    # distinct prompt prefixes: 1, 12, 123, 1234, 125, 1236 = 6; trie internal nodes of conts: 7, 7-8 = 2
+    assert trie_lower_bound(prompts, [[7, 8, 0], [7, 0]]) == 6 + 3 * 2
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_tree_equals_plain_and_per_pair_forward(tiny_lms, word_task, arch):
+    lm = tiny_lms(arch)
+    P, C = _ids(lm, word_task)
+    assert len({len(c) for c in C}) > 1
+    if arch == "gemma3":       # the sliding window is shorter than the prompt: windows matter
+        assert lm.model.config.sliding_window < min(map(len, P))
+    plain = score_matrix(lm.model, P, C, method="plain")
+    ref = np.array([[reference_logT(lm.model, p, c) for c in C[:3]] for p in P[:3]])
+    np.testing.assert_allclose(plain[:3, :3], ref, atol=2e-5, rtol=0)
+    V = lm.model.get_output_embeddings().weight.shape[0]
+    for max_rows, max_logits in [(256, None), (1, None), (3, None), (256, 6 * V), (2, 4 * V)]:
+        stats = ScoreStats()
+        tree = tree_score_matrix(lm.model, P, C, max_rows=max_rows, max_logits=max_logits,
+                                 pad_id=lm.tokenizer.pad_token_id, stats=stats)
+        np.testing.assert_allclose(tree, plain, atol=2e-5, rtol=0, err_msg=f"{max_rows} {max_logits}")
+    assert stats.extra["target_chunks"] > 1, "the smallest budget must split the targets"
+
+
+def test_sliding_window_mask_is_what_makes_gemma3_exact(tiny_lms, word_task, monkeypatch):
+    """Negative control: a full mask on the sliding layers gives different numbers."""
+    import dbgpu.tree as tree
+
+    lm = tiny_lms("gemma3")
+    P, C = _ids(lm, word_task, STATES[:3])
+    plain = score_matrix(lm.model, P, C, method="plain")
+    monkeypatch.setattr(tree, "_layer_windows", lambda config: {"full_attention": None, "sliding_attention": None})
+    wrong = tree_score_matrix(lm.model, P, C)
+    assert np.abs(wrong - plain).max() > 1e-3
+
+
+def test_tree_temperature(tiny_lms, word_task):
+    lm = tiny_lms("qwen2")
+    P, C = _ids(lm, word_task, STATES[:3])
+    np.testing.assert_allclose(score_matrix(lm.model, P, C, method="tree", temperature=0.4),
+                               score_matrix(lm.model, P, C, method="plain", temperature=0.4), atol=2e-5)
+
+
+def test_out_of_memory_backoff_keeps_every_row(tiny_lms, word_task, monkeypatch):
+    lm = tiny_lms("llama")
+    P, C = _ids(lm, word_task)
+    expected = score_matrix(lm.model, P, C, method="plain")
+    model = lm.model
+    original = model.forward
+    seen = []
+
+    @functools.wraps(original)
+    def flaky(*args, **kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        seen.append(rows)
+        if rows > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", flaky)
+    stats = ScoreStats()
+    got = tree_score_matrix(model, P, C, max_rows=64, stats=stats)
+    np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
+    assert stats.extra["oom_backoffs"] >= 1 and stats.extra["rows_per_forward"] <= 2
+    assert seen[1] == len(P) and seen[-1] <= 2      # prefix pass, first full batch, then smaller
+    assert stats.pairs == len(P) * len(C)
+
+
+def test_other_errors_are_not_swallowed(tiny_lms, word_task, monkeypatch):
+    lm = tiny_lms("llama")
+    P, C = _ids(lm, word_task, STATES[:2])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(lm.model, "forward", functools.wraps(lm.model.forward)(broken))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        tree_score_matrix(lm.model, P, C)
+
+
+def test_work_is_close_to_the_trie_lower_bound(tiny_lms, word_task):
+    lm = tiny_lms("qwen2")
+    P, C = _ids(lm, word_task)
+    tree, plain = ScoreStats(), ScoreStats()
+    tree_score_matrix(lm.model, P, C, stats=tree)
+    score_matrix(lm.model, P, C, method="plain", stats=plain)
+    bound = trie_lower_bound(P, C)
+    assert bound <= tree.tokens <= 1.1 * bound
+    assert plain.tokens == sum(len(p) + len(c) for p in P for c in C)
+    assert plain.tokens > 5 * tree.tokens
+
+
+@pytest.mark.slow
+def test_tree_on_smollm2_equals_plain(smollm2, word_task):
+    P, C = _ids(smollm2, word_task, STATES[:4])
+    tree = score_matrix(smollm2.model, P, C, method="tree", pad_id=smollm2.tokenizer.pad_token_id)
+    plain = score_matrix(smollm2.model, P, C, method="plain", pad_id=smollm2.tokenizer.pad_token_id)
+    np.testing.assert_allclose(tree, plain, atol=2e-3, rtol=0)
