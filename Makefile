@@ -31,5 +31,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Benchmarks are not part of the tests: lm-eval is a benchmark-only extra.
+bench: $(STAMP)
+	$(PIP) -e ".[bench]"
+	$(PY) benchmarks/bench_score.py
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache
