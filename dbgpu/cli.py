@@ -38,8 +38,9 @@ def _model_options(p: argparse.ArgumentParser, *, default_model: str | None = No
 def _task_options(p: argparse.ArgumentParser, *, default_task: str | None = None) -> None:
     g = p.add_argument_group("task")
     g.add_argument("--task", required=default_task is None, default=default_task, help="task name (word100)")
-    g.add_argument("--template", default=None, metavar="FILE",
-                   help="user prompt template file: Jinja ({{ state }}) or plain text with {state}")
+    g.add_argument("--template", default=None, metavar="NAME|FILE",
+                   help="user prompt template: a built-in name (word100: paper, terse, puzzle) or a file, "
+                        "Jinja ({{ state }}) or plain text with {state}")
     g.add_argument("--answer-prefix", default=None, metavar="TEXT",
                    help="text that opens the answer, part of the prompt (word100 default: 'Word:'; '' for none)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default 1)")
@@ -59,7 +60,8 @@ def _task_from(args):
     from dbgpu.jobs import read_template
     from dbgpu.tasks import get_task
 
-    return get_task(args.task, template=read_template(args.template), answer_prefix=args.answer_prefix)
+    return get_task(args.task, template=read_template(args.template, task=args.task),
+                    answer_prefix=args.answer_prefix)
 
 
 def _add_score(sub) -> None:

@@ -53,9 +53,14 @@ def canonical_states(task: Task, states: list[str]) -> list[str]:
     return out
 
 
-def read_template(path: str | Path | None) -> str | None:
+def read_template(path: str | Path | None, *, task: str | None = None) -> str | None:
+    """A prompt template: the name of one of the task's built-in templates, or a file."""
+    from dbgpu.tasks import TEMPLATES
+
     if path is None:
         return None
+    if task is not None and str(path) in TEMPLATES.get(task, {}):
+        return TEMPLATES[task][str(path)]
     try:
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:

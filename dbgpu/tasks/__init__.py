@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dbgpu.errors import DbgpuError
 from dbgpu.tasks.base import Task, fill_template
+from dbgpu.tasks.word100 import TEMPLATES as WORD100_TEMPLATES
 from dbgpu.tasks.word100 import Word100
 
 TASKS = {"word100": Word100}
+# built-in prompt templates per task, selectable by name wherever a template file is accepted
+TEMPLATES = {"word100": WORD100_TEMPLATES}
 
 
 def get_task(name: str, *, template: str | None = None, answer_prefix: str | None = None) -> Task:
@@ -23,4 +26,4 @@ def get_task(name: str, *, template: str | None = None, answer_prefix: str | Non
     return TASKS[name](**kwargs)
 
 
-__all__ = ["Task", "TASKS", "get_task", "fill_template"]
+__all__ = ["Task", "TASKS", "TEMPLATES", "get_task", "fill_template"]

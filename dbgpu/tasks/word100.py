@@ -35,6 +35,23 @@ DEFAULT_TEMPLATE = (
 )
 
 
+# Alternative wordings of the same request, to test whether the potential depends on the
+# template (the paper's claim is that it does not, beyond a scale).
+TEMPLATES = {
+    "paper": DEFAULT_TEMPLATE,
+    "terse": (
+        "Letter values: A=1, B=2, ..., Z=26. {state} adds up to 100. "
+        "Name another English word whose letter values add up to exactly 100. Reply with one word."
+    ),
+    "puzzle": (
+        "Word puzzle. Score a word by adding the positions of its letters in the alphabet "
+        "(A is 1, Z is 26): LOVE scores 54 and MONEY scores 72.\n"
+        "The word {state} scores exactly 100.\n"
+        "Find a different English word that also scores exactly 100. Write only that word."
+    ),
+}
+
+
 def is_word(text: str) -> bool:
     return text.isascii() and text.isalpha()
 

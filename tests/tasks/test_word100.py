@@ -74,3 +74,15 @@ def test_bad_task_inputs():
         get_task("word100", template="no slot here")
     with pytest.raises(DbgpuError, match="not a word"):
         get_task("word100").check_state("A-1")
+
+
+def test_builtin_templates_ask_the_same_question_differently():
+    from dbgpu.jobs import read_template
+    from dbgpu.tasks import TEMPLATES
+
+    assert set(TEMPLATES["word100"]) == {"paper", "terse", "puzzle"}
+    texts = {name: get_task("word100", template=read_template(name, task="word100")).messages("BUZZY")[0]["content"]
+             for name in TEMPLATES["word100"]}
+    assert len(set(texts.values())) == 3
+    assert all("BUZZY" in t and "100" in t for t in texts.values())
+    assert texts["paper"] == get_task("word100").messages("BUZZY")[0]["content"]
