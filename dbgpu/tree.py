@@ -86,9 +86,10 @@ def build_trie(conts: list[list[int]]) -> Trie:
     return Trie(token=tok, parent=par, depth=dep, n_internal=int(internal.sum()), paths=paths)
 
 
-def common_prefix_length(seqs: list[list[int]]) -> int:
-    """Length of the longest common prefix, leaving every sequence at least one token."""
-    n = min(len(s) for s in seqs) - 1
+def common_prefix_length(seqs: list[list[int]], *, keep_last: bool = True) -> int:
+    """Length of the longest common prefix; with keep_last, every sequence keeps at least
+    its last token outside it (its logits are needed)."""
+    n = min(len(s) for s in seqs) - (1 if keep_last else 0)
     first = seqs[0]
     for s in seqs[1:]:
         k = 0
@@ -102,7 +103,10 @@ def trie_lower_bound(prompts: list[list[int]], conts: list[list[int]]) -> int:
     """Token positions any exact scorer must run: the internal (non-leaf) nodes of the
     trie of all prompt+continuation sequences (a node's logits predict its children;
     leaves need none). = distinct prompt prefixes + N x internal continuation nodes."""
-    prompt_nodes = len({tuple(p[:k]) for p in prompts for k in range(1, len(p) + 1)})
+    ordered = sorted(map(tuple, prompts))             # in lexicographic order, each prompt adds
+    prompt_nodes = len(ordered[0])                    # its tokens beyond the common prefix with
+    for prev, cur in zip(ordered, ordered[1:]):       # the one before it
+        prompt_nodes += len(cur) - common_prefix_length([list(prev), list(cur)], keep_last=False)
     return prompt_nodes + len(prompts) * build_trie(conts).n_internal
 
 
