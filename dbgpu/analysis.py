@@ -16,12 +16,13 @@ import io
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from dbgpu import __version__
-from dbgpu.data import Kernel, make_edges, read_input
+from dbgpu.data import DbgpuWarning, Kernel, make_edges, read_input
 from dbgpu.io import ensure_out_dir, write_bytes_atomic, write_json_atomic
 
 #: how many components `stats.json` lists one by one, and states named per component
@@ -105,6 +106,10 @@ def fit_input(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, reje
     edges = make_edges(data, weights=weights or "paper", reject=reject, threshold=threshold)
     n = len(edges.states)
     fit = fit_potential(n, edges.src, edges.dst, edges.w, device=str(dev), method=method)
+    if fit.components.size[0] == 1:
+        warnings.warn("no two states reach each other both ways: every potential is unbounded "
+                      f"relative to the others (only {edges.states[int(np.argmax(fit.components.label == 0))]!r} "
+                      "gets V = 0)", DbgpuWarning, stacklevel=2)
     body, arrays = detailed_balance_stats(edges, fit, device=str(dev))
     exact = isinstance(data, Kernel)
     main = fit.components.label == 0

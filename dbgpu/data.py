@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +330,9 @@ def make_edges(data: Transitions | Kernel, *, weights: str = "paper", reject: st
         raise DbgpuError(f"unknown weights mode {weights!r} (expected one of {', '.join(WEIGHT_MODES)})")
     if reject not in REJECT_MODES:
         raise DbgpuError(f"unknown reject mode {reject!r} (expected one of {', '.join(REJECT_MODES)})")
+    if len(data.states) == 0 or (isinstance(data, Transitions) and len(data.src) == 0):
+        raise DbgpuError("empty graph: no transitions between distinct states "
+                         f"({len(data.states)} states)")
     if isinstance(data, Kernel):
         e = exact_weights(data)
     elif weights == "counts":
@@ -340,7 +343,7 @@ def make_edges(data: Transitions | Kernel, *, weights: str = "paper", reject: st
         e = low_reject_weights(data, threshold=threshold)
     positive = e.w > 0
     if not positive.all():   # exp underflow of a finite logT: keep the edge at the smallest weight
-        e = Edges(**{**e.__dict__, "w": np.maximum(e.w, np.finfo(np.float64).tiny)})
+        e = replace(e, w=np.maximum(e.w, np.finfo(np.float64).tiny))
     if len(e.src) == 0:
         raise DbgpuError("empty graph: no transitions between distinct states "
                          f"({len(data.states)} states)")

@@ -219,14 +219,15 @@ def hodge(n: int, f: np.ndarray, g: np.ndarray, X: np.ndarray, *, device: str = 
 
 
 def stationary(n: int, src: np.ndarray, dst: np.ndarray, p: np.ndarray, *,
-               guess: np.ndarray | None = None, tol: float = 1e-13, max_iter: int = 20000):
+               guess: np.ndarray | None = None, tol: float = 1e-13, max_iter: int = 20000,
+               dense_max: int = 2000):
     """Stationary distribution (n,) of an irreducible chain P given as edges (src, dst, p).
 
-    Dense direct solve for n <= 2000, else power iteration on the lazy chain (I + P)/2
-    started from `guess`. Returns (pi, residual ||pi P - pi||_1).
+    Dense direct solve for n <= dense_max, else power iteration on the lazy chain
+    (I + P)/2 started from `guess`. Returns (pi, residual ||pi P - pi||_1).
     """
     Pm = sp.csr_matrix((p, (src, dst)), shape=(n, n))
-    if n <= 2000:
+    if n <= dense_max:
         A = Pm.T.toarray() - np.eye(n)
         A[-1, :] = 1.0
         b = np.zeros(n)

@@ -86,6 +86,23 @@ def sample(n: int, src: np.ndarray, dst: np.ndarray, T: np.ndarray, *, queries: 
     return f.astype(np.int64), target.astype(np.int64)
 
 
+def sample_dense_counts(logT: np.ndarray, *, per_source: int, seed: int = 0):
+    """`Transitions` for a dense kernel queried `per_source` times from every state:
+    N(f, .) ~ Multinomial(per_source, T(f, .) + the rest as invalid answers)."""
+    from dbgpu.data import Transitions
+
+    n = len(logT)
+    T = np.exp(logT)
+    np.fill_diagonal(T, 0.0)
+    pvals = np.c_[T, np.clip(1.0 - T.sum(1), 0.0, None)]     # (n, n + 1)
+    N = np.random.default_rng(seed).multinomial(per_source, pvals / pvals.sum(1, keepdims=True))
+    src, dst = np.nonzero(N[:, :n])                            # sorted by (src, dst)
+    return Transitions(states=state_names(n), src=src.astype(np.int64), dst=dst.astype(np.int64),
+                       count=N[src, dst].astype(np.int64),
+                       visits=np.full(n, per_source, np.int64), n_self=0,
+                       n_invalid=int(N[:, n].sum()), kind="synthetic")
+
+
 def dense_edges(logT: np.ndarray):
     """(src, dst, T) of the off-diagonal entries of a dense kernel, sorted by src."""
     n = len(logT)
