@@ -26,8 +26,9 @@ node's gradient is below `tol` times its total incident weight. Also
 `method="lbfgs"`: torch L-BFGS with strong-Wolfe line search, on the same diagonally
 rescaled variables (kept for comparison; see benchmarks/bench_fit.py).
 
-Determinism: node sums over edges use `torch.segment_reduce` on edge orders fixed in
-advance (no atomics), so a run on the same device and inputs is bit-for-bit repeatable.
+Determinism: node sums over edges never use atomics. On CPU they are `index_add_`
+(a serial loop in edge order); on CUDA `torch.segment_reduce` over edge orders fixed in
+advance. A run on the same device and inputs is bit-for-bit repeatable.
 """
 
 from __future__ import annotations
@@ -44,25 +45,12 @@ import torch
 
 from dbgpu.errors import DbgpuError
 
-POSITIONS = ("main", "above", "below", "unrelated")
-
-
 # --------------------------------------------------------------------------- K and friends
 
 
 def K(x: torch.Tensor) -> torch.Tensor:
     """K(x) = log(1 + exp(-x)), stable for any x."""
     return torch.clamp(-x, min=0) + torch.log1p(torch.exp(-x.abs()))
-
-
-def dK(x: torch.Tensor) -> torch.Tensor:
-    """K'(x) = -1 / (1 + exp(x))."""
-    return -torch.sigmoid(-x)
-
-
-def d2K(x: torch.Tensor) -> torch.Tensor:
-    """K''(x) = sigmoid(x) * sigmoid(-x)."""
-    return torch.sigmoid(x) * torch.sigmoid(-x)
 
 
 # --------------------------------------------------------------------------- graph sums
@@ -95,12 +83,16 @@ def incidence(n: int, src: np.ndarray, dst: np.ndarray, device: str | torch.devi
 
 def out_sum(inc: Incidence, y: torch.Tensor) -> torch.Tensor:
     """(n,) sum of edge values y (E,) over each node's out-edges."""
-    return torch.segment_reduce(y, "sum", lengths=inc.out_len)
+    if y.is_cuda:
+        return torch.segment_reduce(y, "sum", lengths=inc.out_len)
+    return torch.zeros(inc.n, dtype=y.dtype).index_add_(0, inc.src, y)
 
 
 def in_sum(inc: Incidence, y: torch.Tensor) -> torch.Tensor:
     """(n,) sum of edge values y (E,) over each node's in-edges."""
-    return torch.segment_reduce(y[inc.in_perm], "sum", lengths=inc.in_len)
+    if y.is_cuda:
+        return torch.segment_reduce(y[inc.in_perm], "sum", lengths=inc.in_len)
+    return torch.zeros(inc.n, dtype=y.dtype).index_add_(0, inc.dst, y)
 
 
 def divergence(inc: Incidence, y: torch.Tensor) -> torch.Tensor:
@@ -110,31 +102,25 @@ def divergence(inc: Incidence, y: torch.Tensor) -> torch.Tensor:
 
 def edge_diff(inc: Incidence, v: torch.Tensor) -> torch.Tensor:
     """(E,) B^T v = v[src] - v[dst]."""
-    return v[inc.src] - v[inc.dst]
+    return torch.index_select(v, 0, inc.src) - torch.index_select(v, 0, inc.dst)
 
 
 # --------------------------------------------------------------------------- action
 
 
+def _terms(inc: Incidence, V: torch.Tensor, w: torch.Tensor, offset=None):
+    """Unnormalised action sum(w K(x)), its gradient (n,), the edge curvatures
+    w K''(x) (E,) and sigmoid(-x) = -K'(x) (E,), at x = V[src] - V[dst] (+ offset)."""
+    x = edge_diff(inc, V)
+    if offset is not None:
+        x = x + offset
+    s = torch.sigmoid(-x)                                       # (E,)
+    return (w * K(x)).sum(), divergence(inc, -w * s), w * s * (1 - s), s
+
+
 def action_terms(inc: Incidence, V: torch.Tensor, w: torch.Tensor, offset=None):
     """Unnormalised action sum(w K(x)), its gradient (n,), and the edge curvatures (E,)."""
-    x = edge_diff(inc, V)
-    if offset is not None:
-        x = x + offset
-    s = torch.sigmoid(-x)                                       # (E,) = -K'(x)
-    f = (w * K(x)).sum()
-    g = divergence(inc, -w * s)                                 # (n,)
-    c = w * s * (1 - s)                                         # (E,) w K''(x)
-    return f, g, c
-
-
-def _terms(inc: Incidence, V: torch.Tensor, w: torch.Tensor, offset=None):
-    """`action_terms` plus sigmoid(-x) (E,), which the line search reuses."""
-    x = edge_diff(inc, V)
-    if offset is not None:
-        x = x + offset
-    s = torch.sigmoid(-x)
-    return (w * K(x)).sum(), divergence(inc, -w * s), w * s * (1 - s), s
+    return _terms(inc, V, w, offset)[:3]
 
 
 def action(V, src, dst, w, *, n_src: int | None = None) -> float:

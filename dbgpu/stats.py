@@ -218,13 +218,45 @@ def hodge(n: int, f: np.ndarray, g: np.ndarray, X: np.ndarray, *, device: str = 
 # --------------------------------------------------------------------------- entropy production
 
 
+def _power_cpu(Pm, pi, tol, max_iter):
+    PT = Pm.T.tocsr()
+    for _ in range(max_iter):
+        nxt = 0.5 * (pi + PT @ pi)
+        nxt /= nxt.sum()
+        done = np.abs(nxt - pi).sum() < tol
+        pi = nxt
+        if done:
+            break
+    return pi
+
+
+def _power_torch(n, src, dst, p, pi, tol, max_iter, dev):
+    import torch
+
+    from dbgpu.fit import in_sum, incidence
+
+    order = np.argsort(src, kind="stable")
+    inc = incidence(n, src[order], dst[order], dev)
+    pt = torch.as_tensor(p[order], device=dev)
+    pi_t = torch.as_tensor(pi, dtype=torch.float64, device=dev)
+    for k in range(max_iter):
+        nxt = 0.5 * (pi_t + in_sum(inc, torch.index_select(pi_t, 0, inc.src) * pt))
+        nxt = nxt / nxt.sum()
+        done = k % 10 == 9 and (nxt - pi_t).abs().sum().item() < tol
+        pi_t = nxt
+        if done:
+            break
+    return pi_t.cpu().numpy()
+
+
 def stationary(n: int, src: np.ndarray, dst: np.ndarray, p: np.ndarray, *,
                guess: np.ndarray | None = None, tol: float = 1e-13, max_iter: int = 20000,
-               dense_max: int = 2000):
+               dense_max: int = 2000, device: str = "cpu"):
     """Stationary distribution (n,) of an irreducible chain P given as edges (src, dst, p).
 
     Dense direct solve for n <= dense_max, else power iteration on the lazy chain
-    (I + P)/2 started from `guess`. Returns (pi, residual ||pi P - pi||_1).
+    (I + P)/2 (aperiodic; scipy on CPU, torch on CUDA), started from `guess`, until the
+    L1 change is below tol. Returns (pi, residual ||pi P - pi||_1).
     """
     Pm = sp.csr_matrix((p, (src, dst)), shape=(n, n))
     if n <= dense_max:
@@ -234,15 +266,12 @@ def stationary(n: int, src: np.ndarray, dst: np.ndarray, p: np.ndarray, *,
         b[-1] = 1.0
         pi = np.linalg.solve(A, b)
     else:
-        PT = Pm.T.tocsr()
-        pi = np.full(n, 1.0 / n) if guess is None else guess / guess.sum()
-        for _ in range(max_iter):
-            nxt = 0.5 * (pi + PT @ pi)
-            nxt /= nxt.sum()
-            done = np.abs(nxt - pi).sum() < tol
-            pi = nxt
-            if done:
-                break
+        from dbgpu.fit import resolve_device
+
+        g = np.full(n, 1.0 / n) if guess is None else guess / guess.sum()
+        dev = resolve_device(device)
+        pi = _power_cpu(Pm, g, tol, max_iter) if dev.type == "cpu" else \
+            _power_torch(n, src, dst, p, g, tol, max_iter, dev)
     pi = np.clip(pi, 0.0, None)
     pi /= pi.sum()
     resid = float(np.abs(Pm.T @ pi - pi).sum())
@@ -250,7 +279,7 @@ def stationary(n: int, src: np.ndarray, dst: np.ndarray, p: np.ndarray, *,
 
 
 def entropy_production(n: int, src: np.ndarray, dst: np.ndarray, w: np.ndarray, *,
-                       guess_V: np.ndarray | None = None) -> dict:
+                       guess_V: np.ndarray | None = None, device: str = "cpu") -> dict:
     """Entropy production (nats per jump) of the jump chain of w on n states.
 
     The graph (src, dst) must be strongly connected on its n states, without self edges.
@@ -259,7 +288,7 @@ def entropy_production(n: int, src: np.ndarray, dst: np.ndarray, w: np.ndarray, 
     rows = np.bincount(src, weights=w, minlength=n)            # (n,)
     p = w / rows[src]                                          # (E,) row-normalised
     guess = None if guess_V is None else rows * np.exp(-(guess_V - np.nanmin(guess_V)))
-    pi, resid = stationary(n, src, dst, p, guess=guess)
+    pi, resid = stationary(n, src, dst, p, guess=guess, device=device)
     J = pi[src] * p                                            # (E,) stationary flux
     e_fg, e_gf = mutual_pairs(n, src, dst)
     jf, jb = J[e_fg], J[e_gf]
@@ -337,7 +366,7 @@ def detailed_balance_stats(edges, fit, *, device: str = "cpu") -> tuple[dict, di
     me = main[src] & main[dst]
     if len(mi) > 1:
         ep = entropy_production(len(mi), local[src[me]], local[dst[me]], edges.w[me],
-                                guess_V=fit.V[mi])
+                                guess_V=fit.V[mi], device=device)
         rev = (reversibility_test(len(mi), local[src[me]], local[dst[me]], edges.count[me],
                                   edges.visits[mi], device=device) if sampled else None)
     else:

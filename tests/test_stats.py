@@ -114,6 +114,12 @@ def test_stationary_iterative_matches_dense():
     b, rb = stationary(n, s, d, p, dense_max=0)            # power iteration path
     np.testing.assert_allclose(b, a, atol=1e-12)
     assert ra < 1e-13 and rb < 1e-11
+    import torch
+
+    from dbgpu.stats import _power_torch                  # the CUDA code path, run on CPU
+
+    c = _power_torch(n, s, d, p, np.full(n, 1 / n), 1e-14, 20000, torch.device("cpu"))
+    np.testing.assert_allclose(c, a, atol=1e-12)
 
 
 def test_reversibility_test_tree_is_saturated():
