@@ -29,7 +29,18 @@ from dbgpu.io import ensure_out_dir, write_bytes_atomic, write_json_atomic
 MAX_LISTED_COMPONENTS = 200
 MAX_NAMED_STATES = 10
 #: how many states (lowest potential first) the report's graph figure draws
-GRAPH_STATES = 30
+GRAPH_STATES = 24
+#: at most this many pairs / loops are kept for the report's scatter plots (evenly spaced)
+MAX_POINTS = 100_000
+
+
+def _thin(arrays: dict, keys: tuple[str, ...], cap: int) -> dict:
+    """Keep an evenly spaced subset of at most `cap` rows of the arrays named in keys."""
+    n = len(arrays[keys[0]])
+    if n <= cap:
+        return arrays
+    idx = np.linspace(0, n - 1, cap).astype(np.int64)
+    return {**arrays, **{k: arrays[k][idx] if len(arrays[k]) == n else arrays[k] for k in keys}}
 
 
 def _clean(obj):
@@ -141,6 +152,8 @@ def fit_input(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, reje
     stats["seconds"] = time.perf_counter() - t0
     stats = _clean(stats)
     potential = {s: (None if not main[i] else float(fit.V[i])) for i, s in enumerate(edges.states)}
+    arrays = _thin(arrays, ("pair_x", "pair_dV", "pair_var"), MAX_POINTS)
+    arrays = _thin(arrays, ("loop_forward", "loop_backward", "loop_var"), MAX_POINTS)
     points = {**arrays, **_graph_points(edges, fit), "V": fit.V,
               "states": np.array(edges.states, dtype=str)}
 

@@ -23,7 +23,13 @@ and the statistics consume (self-transitions never appear in it):
   dropped, and those have no out-edges anyway.
 - `count_weights`: `w = N(f->g) / n_f`, the estimated kernel `T(f,g)`; the least-action
   fit is then a Bradley–Terry fit with fractional "wins" `T(f,g)`, which for an
-  isolated pair gives exactly the reversible maximum-likelihood ratio.
+  isolated pair gives exactly the reversible maximum-likelihood ratio. Caveat: the
+  paper's JSON files record no rejected answer (self or invalid), so there `n_f` counts
+  recorded answers only and `N/n_f` estimates T conditioned on a valid new state, which
+  breaks detailed balance wherever that probability differs between states;
+  `transitions.jsonl` keeps the null rows and gives the unconditioned T. (high_reject,
+  whose `N0` is the same for every state, estimates T up to one constant when sources
+  are drawn uniformly, as in the paper's protocol.)
 - `exact_weights`: `w = T(f,g) = exp(logT)` for every pair with finite `logT`.
 """
 

@@ -84,7 +84,8 @@ def plot_scatter(pts, stats, out: Path) -> None:
         ax.legend(loc="lower right", fontsize=8)
         err = (f"χ²/ndf = {_fmt(pw['chi2_ndf'])} ({pw['ndf']} ndf)" if pw["chi2_ndf"] is not None
                else f"RMS residual = {_fmt(pw['rms_residual'])}")
-        _note(ax, f"{pw['n_pairs']} pairs\nr = {_fmt(pw['r'], '.5f')}\n{err}")
+        shown = "" if len(x) == pw["n_pairs"] else f" ({len(x)} drawn)"
+        _note(ax, f"{pw['n_pairs']} pairs{shown}\nr = {_fmt(pw['r'], '.5f')}\n{err}")
     ax.set_xlabel("V(f) − V(g)")
     ax.set_ylabel("log w(f→g) / w(g→f)")
     ax.set_title("Detailed balance: log-ratio against potential difference")
@@ -94,13 +95,17 @@ def plot_scatter(pts, stats, out: Path) -> None:
 
 def plot_loops(pts, stats, out: Path) -> None:
     fig, ax = _figure()
-    F, B = pts["loop_forward"], pts["loop_backward"]
+    F, B, var = pts["loop_forward"], pts["loop_backward"], pts["loop_var"]
     lp = stats["loops"]
     if len(F) == 0:
         _empty(ax, "no 3-cycle with transitions both ways on every side")
+    elif len(var) and len(F) <= 300:
+        ax.errorbar(B, F, yerr=np.sqrt(var), fmt="o", ms=3, lw=0.6, color="C2", alpha=0.7,
+                    label="3-cycles (±1σ of forward − backward)")
     else:
         ax.scatter(B, F, s=6 if len(F) > 2000 else 14, alpha=0.35 if len(F) > 2000 else 0.7,
                    color="C2", lw=0, label="3-cycles f→g→h→f")
+    if len(F):
         lo, hi = float(min(F.min(), B.min())), float(max(F.max(), B.max()))
         pad = 0.05 * (hi - lo or 1.0)
         t = np.array([lo - pad, hi + pad])
@@ -108,7 +113,8 @@ def plot_loops(pts, stats, out: Path) -> None:
         ax.legend(loc="lower right", fontsize=8)
         err = (f"χ²/ndf = {_fmt(lp['chi2_ndf'])}" if lp["chi2_ndf"] is not None
                else f"RMS(forward − backward) = {_fmt(lp['rms'])}")
-        _note(ax, f"{lp['count']} loops\n{err}")
+        shown = "" if len(F) == lp["count"] else f" ({len(F)} drawn)"
+        _note(ax, f"{lp['count']} loops{shown}\n{err}")
     ax.set_xlabel("backward Σ log w  (f→h→g→f)")
     ax.set_ylabel("forward Σ log w  (f→g→h→f)")
     ax.set_title("Kolmogorov loops (3-cycles)")
@@ -170,14 +176,16 @@ def plot_graph(pts, stats, out: Path, *, per_state: int = 3) -> None:
                                          mutation_scale=9, lw=0.8, color="0.25", alpha=float(a),
                                          shrinkA=6, shrinkB=6, connectionstyle="arc3,rad=0.08"))
     sc = ax.scatter(x, y, c=y, cmap="viridis", s=60, zorder=3, edgecolors="k", linewidths=0.5)
-    for p in range(k):
-        ax.annotate(_label(str(states[top[p]])), (x[p], y[p]), xytext=(5, 3),
+    rank_x = np.argsort(np.argsort(x, kind="stable"), kind="stable")
+    for p in range(k):                                          # alternate label heights
+        ax.annotate(_label(str(states[top[p]])), (x[p], y[p]),
+                    xytext=(5, 4 if rank_x[p] % 2 == 0 else -10),
                     textcoords="offset points", fontsize=7, zorder=4)
     fig.colorbar(sc, ax=ax, label="V")
     bp = stats["components"]["by_position"]
-    _note(ax, f"{stats['components']['main_size']} states with a potential\n"
-              f"unbounded: {bp['above']['states']} above, {bp['below']['states']} below, "
-              f"{bp['unrelated']['states']} unrelated")
+    ax.set_xlabel(f"{stats['components']['main_size']} states have a potential; unbounded: "
+                  f"{bp['above']['states']} above, {bp['below']['states']} below, "
+                  f"{bp['unrelated']['states']} unrelated", fontsize=8)
     ax.set_xticks([])
     ax.set_xlim(-0.08, 1.18)
     ax.set_ylabel("potential V (lower = more probable)")
