@@ -125,3 +125,18 @@ def test_console_entry_point(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr == f"dbgpu report: error: report directory not found: {tmp_path / 'nothing'}\n"
+
+
+def test_low_reject_weights_and_dropped_states(tmp_path, capsys):
+    inp = write_claude_json(tmp_path / "claude.json")
+    rc, _, err = run(["fit", str(inp), "--out", str(tmp_path / "a"), "--reject", "low"], capsys)
+    assert rc == 0, err
+    V = json.loads((tmp_path / "a" / "potential.json").read_text())
+    # N0 = out-count: PERSONAL 3879 (w = 1), ATTITUDE 86 (w = 66/86 to PERSONAL)
+    assert V["PERSONAL"] - V["ATTITUDE"] == pytest.approx(math.log(1 / (66 / 86)), abs=1e-8)
+    rc, _, err = run(["fit", str(inp), "--out", str(tmp_path / "b"), "--reject", "low",
+                      "--threshold", "90"], capsys)       # ATTITUDE's out-count 86 <= 90
+    assert rc == 0 and "no two states reach each other" in err
+    st = json.loads((tmp_path / "b" / "stats.json").read_text())
+    assert st["components"]["state_position"]["ATTITUDE"] == "dropped"
+    assert st["threshold"] == 90
