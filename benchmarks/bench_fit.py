@@ -18,6 +18,10 @@ twice: as published ("paper"), and without the early stop (gtol = ftol = 0) unti
 action is within --rel-gap of dbgpu's ("conv": the time the paper's algorithm needs
 for an equal action).
 
+Times are wall seconds and CPU seconds (user + system; the dbgpu child's from
+getrusage): on a shared machine CPU time is the steadier measure, as both sides run
+on one thread.
+
 Both final actions are S = (1/N_src) sum w K(V_f - V_g) over all edges: the paper's at
 its finite potential, dbgpu's its infimum (inter-component edges -> 0); the "main" column
 restricts the sum to the edges inside the largest strongly connected component, the
@@ -61,28 +65,45 @@ SIZES = {  # name: (states, recorded transitions, mean degree of the kernel's gr
 }
 
 
-def make_input(path: Path, n: int, transitions: int, degree: float, seed: int) -> dict:
-    """Write a sampled paper JSON file; return what was generated."""
-    V, src, dst, logT = sy.sparse_kernel(n, seed=seed, degree=degree)
+def _sample_states(n_gen: int, transitions: int, degree: float, seed: int):
+    """Sample `transitions` recorded answers on an n_gen-state kernel: (states seen, f, g)."""
+    V, src, dst, logT = sy.sparse_kernel(n_gen, seed=seed, degree=degree)
     T = np.exp(logT)
-    cover = np.bincount(src, weights=T, minlength=n).mean()
-    f, g = sy.sample(n, src, dst, T, queries=int(transitions / cover * 1.2) + 1000, seed=seed + 1)
+    cover = np.bincount(src, weights=T, minlength=n_gen).mean()
+    f, g = sy.sample(n_gen, src, dst, T, queries=int(transitions / cover * 1.2) + 1000, seed=seed + 1)
     rec = np.flatnonzero(g >= 0)[:transitions]                 # the first recorded answers
     if len(rec) < transitions:
         raise SystemExit("sampler produced too few transitions; raise the query count")
-    sy.write_paper_json(path, sy.state_names(n), f[rec], g[rec])
-    return {"kernel_edges": len(src)}
+    return len(np.unique(np.r_[f[rec], g[rec]])), f[rec], g[rec]
 
 
-def run_dbgpu(inp: Path, out: Path, device: str, method: str, threads: int) -> tuple[float, dict]:
+def make_input(path: Path, n: int, transitions: int, degree: float, seed: int) -> int:
+    """Write a sampled paper JSON file in which about n states appear (the generator's
+    state count is rescaled until the states actually visited number n within 0.2%);
+    return the generator's state count."""
+    n_gen = n
+    for _ in range(3):                                          # secant steps on n_gen
+        seen, f, g = _sample_states(n_gen, transitions, degree, seed)
+        if abs(seen - n) <= n // 500:
+            break
+        n_gen = int(round(n_gen * n / seen))
+    sy.write_paper_json(path, sy.state_names(n_gen), f, g)
+    return n_gen
+
+
+def run_dbgpu(inp: Path, out: Path, device: str, method: str, threads: int):
+    """Run the command; return (wall seconds, CPU seconds of the child, stats.json)."""
     cmd = [sys.executable, "-m", "dbgpu", "fit", str(inp), "--out", str(out), "--weights",
            "counts", "--device", device, "--method", method, "--threads", str(threads)]
+    u0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True)
     dt = time.perf_counter() - t0
+    u1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (u1.ru_utime + u1.ru_stime) - (u0.ru_utime + u0.ru_stime)
     if r.returncode:
         raise SystemExit(f"dbgpu fit failed: {r.stderr}")
-    return dt, json.loads((out / "stats.json").read_text())
+    return dt, cpu, json.loads((out / "stats.json").read_text())
 
 
 def bench_size(name: str, args, work: Path) -> dict:
@@ -94,13 +115,13 @@ def bench_size(name: str, args, work: Path) -> dict:
     n_states = len(t.states)
     row = {"size": name, "states": n_states, "transitions": int(t.count.sum()),
            "edges": int(len(e.src))}
-    dt, st = run_dbgpu(inp, work / f"{name}-fit", args.device, "newton", args.threads)
-    row.update(dbgpu_s=dt, dbgpu_action=st["action"], dbgpu_action_main=st["action_main"],
+    dt, cpu, st = run_dbgpu(inp, work / f"{name}-fit", args.device, "newton", args.threads)
+    row.update(dbgpu_s=dt, dbgpu_cpu=cpu, dbgpu_action=st["action"], dbgpu_action_main=st["action_main"],
                dbgpu_fit_s=st["fit"]["seconds"], dbgpu_iter=st["fit"]["iterations"],
                dbgpu_converged=st["fit"]["converged"], main=st["components"]["main_size"],
                device=st["fit"]["device"])
     if args.compare_lbfgs:
-        dt2, st2 = run_dbgpu(inp, work / f"{name}-fit-lbfgs", args.device, "lbfgs", args.threads)
+        dt2, _, st2 = run_dbgpu(inp, work / f"{name}-fit-lbfgs", args.device, "lbfgs", args.threads)
         row.update(lbfgs_s=dt2, lbfgs_action=st2["action"], lbfgs_iter=st2["fit"]["iterations"],
                    lbfgs_converged=st2["fit"]["converged"])
     if not args.skip_paper:
@@ -117,13 +138,15 @@ def bench_size(name: str, args, work: Path) -> dict:
         row.update(paper_s=info["seconds"], paper_action=Sp, paper_action_main=Sp_main,
                    paper_iter=info["iterations"], paper_evals=info["evaluations"],
                    paper_msg=info["message"], speedup=info["seconds"] / dt,
+                   paper_cpu=info["cpu_seconds"], speedup_cpu=info["cpu_seconds"] / cpu,
                    max_abs_dV_main=float(np.abs(dv).max()))
         if not args.skip_converged:
             # the same algorithm without its early stop, timed to dbgpu's action
             target = st["action"] * (1 + args.rel_gap)
             _, Sc, ci = paper_fit(n_states, e.src, e.dst, e.w, target=target)
             row.update(conv_s=ci["seconds"], conv_evals=ci["evaluations"], conv_action=Sc,
-                       conv_reached=ci["reached"], conv_speedup=ci["seconds"] / dt)
+                       conv_reached=ci["reached"], conv_speedup=ci["seconds"] / dt,
+                       conv_cpu=ci["cpu_seconds"], conv_speedup_cpu=ci["cpu_seconds"] / cpu)
     return row
 
 
@@ -138,12 +161,14 @@ def print_header(device: str, threads: int | None = None) -> None:
 
 def print_table(rows: list[dict]) -> None:
     cols = [("size", "{}"), ("states", "{}"), ("transitions", "{}"), ("edges", "{}"),
-            ("main", "{}"), ("dbgpu_s", "{:.2f}"), ("dbgpu_fit_s", "{:.3f}"), ("dbgpu_iter", "{}"),
-            ("paper_s", "{:.1f}"), ("paper_iter", "{}"), ("speedup", "{:.1f}x"),
+            ("main", "{}"), ("dbgpu_s", "{:.2f}"), ("dbgpu_cpu", "{:.2f}"), ("dbgpu_fit_s", "{:.3f}"),
+            ("dbgpu_iter", "{}"), ("paper_s", "{:.1f}"), ("paper_cpu", "{:.1f}"), ("paper_iter", "{}"),
+            ("speedup", "{:.1f}x"), ("speedup_cpu", "{:.1f}x"),
             ("dbgpu_action", "{:.10f}"), ("paper_action", "{:.10f}"),
             ("dbgpu_action_main", "{:.10f}"), ("paper_action_main", "{:.10f}"),
-            ("max_abs_dV_main", "{:.3g}"), ("conv_s", "{:.1f}"), ("conv_evals", "{}"),
-            ("conv_action", "{:.10f}"), ("conv_speedup", "{:.1f}x"),
+            ("max_abs_dV_main", "{:.3g}"), ("conv_s", "{:.1f}"), ("conv_cpu", "{:.1f}"),
+            ("conv_evals", "{}"), ("conv_action", "{:.10f}"), ("conv_speedup", "{:.1f}x"),
+            ("conv_speedup_cpu", "{:.1f}x"),
             ("lbfgs_s", "{:.2f}"), ("lbfgs_action", "{:.10f}"),
             ("lbfgs_iter", "{}")]
     cols = [(c, f) for c, f in cols if any(c in r for r in rows)]
