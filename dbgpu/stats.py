@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import scipy.sparse.csgraph  # noqa: F401  (sp.csgraph)
+from scipy.sparse.csgraph import connected_components
 from scipy.special import chdtrc, log_expit
 
 # --------------------------------------------------------------------------- pairs
@@ -200,7 +200,7 @@ def hodge(n: int, f: np.ndarray, g: np.ndarray, X: np.ndarray, *, device: str = 
     nodes, inv = np.unique(np.r_[f, g], return_inverse=True)
     m = len(nodes)
     fi, gi = inv[:P], inv[P:]
-    n_cc = sp.csgraph.connected_components(
+    n_cc = connected_components(
         sp.csr_matrix((np.ones(P), (fi, gi)), shape=(m, m)), directed=False)[0]
     out["cycle_rank"] = int(P - m + n_cc)
     total = float(np.sum(X ** 2))

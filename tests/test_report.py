@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 from helpers_fit import write_claude_json
 
