@@ -132,6 +132,76 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _add_fit(sub) -> None:
+    p = sub.add_parser(
+        "fit", help="least-action potential and detailed-balance statistics",
+        description="Fit the least-action potential of a paper JSON file, a transitions.jsonl "
+                    "or a score directory; write potential.json, stats.json and fit_points.npz.")
+    p.add_argument("input", help="paper .json (either shape), transitions .jsonl, or a score directory")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--reject", choices=("high", "low"), default="high",
+                   help="paper weights: high_reject N0 = 20000/n_states, or low_reject N0 = "
+                        "out-count (default high)")
+    p.add_argument("--threshold", type=float, default=0, metavar="N",
+                   help="low_reject: drop states whose out-count is <= N (default 0)")
+    p.add_argument("--weights", choices=("paper", "counts"), default="paper",
+                   help="sampled inputs: the paper's min(1, N/N0), or counts N(f->g)/n_f "
+                        "(default paper); exact kernels always use T")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the fit runs (default auto: CUDA when available)")
+    p.add_argument("--method", choices=("newton", "lbfgs"), default="newton",
+                   help="optimiser (default newton: Newton-CG on the graph Laplacian)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="CPU threads for torch (default 0: torch's default); 1 is fastest on a "
+                        "machine whose cores are busy with other work")
+    p.set_defaults(func=_cmd_fit)
+
+
+def _cmd_fit(args) -> int:
+    import warnings
+
+    from dbgpu.analysis import fit_input
+
+    if args.threads < 0:
+        raise DbgpuError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)   # this process only
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stats = fit_input(args.input, args.out, reject=args.reject, threshold=args.threshold,
+                          weights=args.weights, device=args.device, method=args.method)
+    for w in caught:
+        print(f"dbgpu fit: warning: {w.message}", file=sys.stderr)
+    pw, comp = stats["pairwise"], stats["components"]
+    print(f"{stats['n_states']} states, {stats['n_edges']} edges; main component "
+          f"{comp['main_size']} states ({comp['count']} components); action "
+          f"{stats['action']:.6g}; pairwise r {_fmt(pw['r'])}, slope {_fmt(pw['slope'])}; "
+          f"Hodge gradient fraction {_fmt(stats['hodge']['gradient_fraction'])}")
+    print(f"wrote {args.out}/potential.json, stats.json, fit_points.npz")
+    return 0
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="figures (PNG, PDF) and report.md for a fit directory",
+                       description="Draw the figures and write report.md for a directory "
+                                   "holding a `dbgpu fit` output.")
+    p.add_argument("dir", help="directory with potential.json, stats.json, fit_points.npz")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from dbgpu.report import write_report
+
+    print(f"wrote {write_report(args.dir)}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -145,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_run(sub)
     _add_score(sub)
+    _add_fit(sub)
+    _add_report(sub)
     return parser
 
 

@@ -1,0 +1,141 @@
+"""Least action: K, gradient, Hessian, the minimiser, components, gauge, determinism."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dbgpu import synthetic as sy
+from dbgpu.fit import (
+    K,
+    action,
+    action_and_grad,
+    fit_potential,
+    hessian_vector,
+    laplacian_solve,
+    minimise_action,
+    strong_components,
+)
+
+
+def random_graph(n=12, m=40, seed=0):
+    rng = np.random.default_rng(seed)
+    key = np.unique(rng.integers(0, n, m) * n + rng.integers(0, n, m))
+    src, dst = key // n, key % n
+    keep = src != dst
+    return src[keep], dst[keep], rng.uniform(0.1, 2.0, keep.sum()), rng.normal(0, 2, n)
+
+
+def test_K_matches_naive_and_is_stable():
+    x = torch.tensor([-800.0, -30.0, -1.0, 0.0, 1.0, 30.0, 800.0], dtype=torch.float64)
+    naive = [(-v if v < -700 else math.log1p(math.exp(-v))) for v in x.tolist()]
+    np.testing.assert_allclose(K(x).numpy(), naive, rtol=1e-15, atol=1e-300)
+    assert K(x)[3].item() == pytest.approx(math.log(2))
+
+
+def test_gradient_matches_central_differences():
+    src, dst, w, V = random_graph()
+    S, g = action_and_grad(V, src, dst, w)
+    assert S == pytest.approx(action(V, src, dst, w))
+    h = 1e-6
+    fd = np.array([(action(V + h * np.eye(len(V))[i], src, dst, w)
+                    - action(V - h * np.eye(len(V))[i], src, dst, w)) / (2 * h)
+                   for i in range(len(V))])
+    np.testing.assert_allclose(g, fd, atol=1e-8)
+    assert abs(g.sum()) < 1e-14                            # shifts of V change nothing
+
+
+def test_hessian_vector_matches_gradient_differences():
+    src, dst, w, V = random_graph(seed=1)
+    v = np.random.default_rng(2).normal(size=len(V))
+    h = 1e-6
+    fd = (action_and_grad(V + h * v, src, dst, w)[1] - action_and_grad(V - h * v, src, dst, w)[1]) / (2 * h)
+    np.testing.assert_allclose(hessian_vector(V, v, src, dst, w), fd, atol=1e-8)
+
+
+def test_isolated_pairs_give_the_log_ratio():
+    # two independent pairs in one SCC-free layout: A<->B, C<->D, plus A->C (one way)
+    src, dst = np.array([0, 1, 2, 3, 0]), np.array([1, 0, 3, 2, 2])
+    w = np.array([3.0, 0.5, 0.2, 0.9, 1.0])
+    fit = fit_potential(4, src, dst, w)
+    assert fit.V[0] - fit.V[1] == pytest.approx(math.log(3.0 / 0.5), abs=1e-10)
+    assert fit.V[0] + fit.V[1] == pytest.approx(0, abs=1e-12)   # zero mean on the main SCC
+    assert np.isnan(fit.V[2]) and np.isnan(fit.V[3])            # the other SCC: unbounded
+    # infimum: each pair at its own minimum, the one-way edge contributes nothing
+    x1, x2 = math.log(3.0 / 0.5), math.log(0.2 / 0.9)
+    pair = lambda a, b, x: a * math.log1p(math.exp(-x)) + b * math.log1p(math.exp(x))  # noqa: E731
+    assert fit.action == pytest.approx((pair(3.0, 0.5, x1) + pair(0.2, 0.9, x2)) / fit.n_src)
+    assert fit.n_src == 4
+
+
+def test_exact_detailed_balance_kernel_is_recovered():
+    V, src, dst, logT = sy.sparse_kernel(400, seed=3, degree=6)
+    fit = fit_potential(400, src, dst, np.exp(logT))
+    m = fit.components.label == 0
+    assert m.sum() > 300
+    assert np.corrcoef(fit.V[m], V[m])[0, 1] > 0.999999
+    np.testing.assert_allclose(fit.V[m], V[m] - V[m].mean(), atol=1e-8)
+    assert fit.info["converged"]
+
+
+def test_invariance_to_state_order():
+    V, src, dst, logT = sy.sparse_kernel(300, seed=4, degree=4)
+    logT = logT + np.random.default_rng(5).normal(0, 0.3, len(logT))   # not exactly DB
+    w = np.exp(logT)
+    a = fit_potential(300, src, dst, w)
+    perm = np.random.default_rng(6).permutation(300)                   # new index of each state
+    b = fit_potential(300, perm[src], perm[dst], w)
+    np.testing.assert_allclose(b.V[perm], a.V, atol=1e-9, equal_nan=True)
+    assert b.action == pytest.approx(a.action, rel=1e-12)
+
+
+def test_components_positions():
+    # main {0,1,2} (cycle); 3 -> 0 (above); 2 -> 4 (below); 5 <-> 6 with 6 -> 3 (above via 3)
+    src = np.array([0, 1, 2, 3, 2, 5, 6, 6, 7])
+    dst = np.array([1, 2, 0, 0, 4, 6, 5, 3, 8])
+    c = strong_components(9, src, dst)
+    pos = c.position[c.label]
+    assert list(pos) == ["main", "main", "main", "above", "below", "above", "above",
+                         "unrelated", "unrelated"]
+    assert c.size[0] == 3 and c.label[0] == 0
+
+
+def test_fit_is_deterministic():
+    V, src, dst, logT = sy.sparse_kernel(500, seed=7, degree=5)
+    w = np.exp(logT + np.random.default_rng(8).normal(0, 0.5, len(logT)))
+    a, b = fit_potential(500, src, dst, w), fit_potential(500, src, dst, w)
+    assert np.array_equal(a.V, b.V, equal_nan=True) and a.action == b.action
+
+
+def test_lbfgs_reaches_the_same_minimum():
+    V, src, dst, logT = sy.sparse_kernel(200, seed=9, degree=5)
+    w = np.exp(logT + np.random.default_rng(10).normal(0, 0.5, len(logT)))
+    a = fit_potential(200, src, dst, w)
+    b = fit_potential(200, src, dst, w, method="lbfgs")
+    assert b.action == pytest.approx(a.action, rel=1e-8)
+    np.testing.assert_allclose(b.V, a.V, atol=1e-3, equal_nan=True)
+
+
+def test_offsets_and_laplacian_solve():
+    # with offsets o, the pair minimum moves to V_f - V_g = log(w_fg/w_gf) - o
+    V, f, _ = minimise_action(2, [0, 1], [1, 0], [2.0, 1.0], offset=[0.5, -0.5])
+    assert V[0] - V[1] == pytest.approx(math.log(2.0) - 0.5, abs=1e-10)
+    # path graph 0-1-2 with unit weights: L x = b solved against numpy
+    L = np.array([[1.0, -1, 0], [-1, 2, -1], [0, -1, 1]])
+    b = np.array([1.0, 0.5, -1.5])
+    x = laplacian_solve(3, [0, 1], [1, 2], [1.0, 1.0], b)
+    np.testing.assert_allclose(L @ x, b, atol=1e-12)
+    assert abs(x.sum()) < 1e-12
+
+
+@pytest.mark.cuda
+def test_cpu_and_cuda_give_the_same_potential():
+    V, src, dst, logT = sy.sparse_kernel(2000, seed=11, degree=6)
+    w = np.exp(logT + np.random.default_rng(12).normal(0, 0.5, len(logT)))
+    a = fit_potential(2000, src, dst, w, device="cpu")
+    b = fit_potential(2000, src, dst, w, device="cuda")
+    c = fit_potential(2000, src, dst, w, device="cuda")
+    np.testing.assert_allclose(b.V, a.V, atol=1e-9, equal_nan=True)
+    assert b.action == pytest.approx(a.action, rel=1e-12)
+    assert np.array_equal(b.V, c.V, equal_nan=True)                      # deterministic on GPU

@@ -1,0 +1,207 @@
+"""Detailed-balance statistics against brute force, hand values and synthetic chains."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dbgpu import synthetic as sy
+from dbgpu.analysis import fit_input
+from dbgpu.stats import (
+    entropy_production,
+    hodge,
+    loops,
+    mutual_pairs,
+    pairwise,
+    reversibility_test,
+    stationary,
+    triangles,
+)
+
+
+def test_mutual_pairs_brute_force():
+    rng = np.random.default_rng(0)
+    n = 15
+    key = np.unique(rng.integers(0, n, 80) * n + rng.integers(0, n, 80))
+    src, dst = key // n, key % n
+    src, dst = src[src != dst], dst[src != dst]
+    e_fg, e_gf = mutual_pairs(n, src, dst)
+    edges = set(zip(src.tolist(), dst.tolist()))
+    want = {(a, b) for a, b in edges if a < b and (b, a) in edges}
+    assert set(zip(src[e_fg].tolist(), dst[e_fg].tolist())) == want
+    assert np.array_equal(src[e_gf], dst[e_fg]) and np.array_equal(dst[e_gf], src[e_fg])
+
+
+def test_triangles_brute_force():
+    rng = np.random.default_rng(1)
+    n = 30
+    a, b = rng.integers(0, n, 150), rng.integers(0, n, 150)
+    keep = a != b
+    lo, hi = np.minimum(a, b)[keep], np.maximum(a, b)[keep]
+    key = np.unique(lo * n + hi)
+    lo, hi = key // n, key % n
+    adj = set(zip(lo.tolist(), hi.tolist()))
+    want = {t for t in itertools.combinations(range(n), 3)
+            if (t[0], t[1]) in adj and (t[1], t[2]) in adj and (t[0], t[2]) in adj}
+    u, v, w = triangles(n, lo, hi, chunk=17)              # small chunks: the chunk loop runs
+    got = {tuple(sorted(t)) for t in zip(u.tolist(), v.tolist(), w.tolist())}
+    assert got == want and len(u) == len(want) > 10
+
+
+def test_pairwise_hand_values():
+    x = np.array([1.0, -2.0, 0.5])
+    y = np.array([0.9, -2.1, 0.7])
+    out = pairwise(x, y, np.array([0.1, 0.2, 0.1]))
+    wt = 1 / np.array([0.1, 0.2, 0.1])
+    beta = np.sum(wt * x * y) / np.sum(wt * y * y)
+    assert out["slope"] == pytest.approx(beta)
+    # Pearson r of the symmetric cloud (each pair both ways)
+    assert out["r"] == pytest.approx(np.corrcoef(np.r_[x, -x], np.r_[y, -y])[0, 1])
+    assert out["chi2"] == pytest.approx(np.sum(wt * (x - beta * y) ** 2))
+    assert out["ndf"] == 2
+    assert pairwise(x, y)["chi2"] is None                  # exact kernels: no errors
+
+
+def test_loops_on_a_triangle():
+    # 0 -> 1 -> 2 -> 0 with log w forward 0.5, 0.2, -1.0 and backward -0.3, 0.1, 0.4
+    f, g = np.array([0, 1, 0]), np.array([1, 2, 2])
+    lw_fg = np.array([0.5, 0.2, 0.4])                      # 0->1, 1->2, 0->2
+    lw_gf = np.array([-0.3, 0.1, -1.0])                    # 1->0, 2->1, 2->0
+    out, arr = loops(3, f, g, lw_fg, lw_gf, np.array([0.1, 0.2, 0.3]))
+    assert out["count"] == 1
+    F, B = arr["forward"][0], arr["backward"][0]
+    assert {round(F, 12), round(B, 12)} == {round(0.5 + 0.2 - 1.0, 12), round(0.4 + 0.1 - 0.3, 12)}
+    assert out["chi2"] == pytest.approx((F - B) ** 2 / 0.6)
+
+
+def test_hodge_gradient_curl_and_mixture():
+    f, g = np.array([0, 1, 0]), np.array([1, 2, 2])
+    phi = np.array([0.3, -1.0, 2.0])
+    assert hodge(3, f, g, phi[f] - phi[g])["gradient_fraction"] == pytest.approx(1.0)
+    curl = np.array([1.0, 1.0, -1.0])                      # 0->1->2->0 circulation
+    assert hodge(3, f, g, curl)["gradient_fraction"] == pytest.approx(0.0, abs=1e-12)
+    X = phi[f] - phi[g] + curl                             # orthogonal parts add in squares
+    grad2 = np.sum((phi[f] - phi[g]) ** 2)
+    assert hodge(3, f, g, X)["gradient_fraction"] == pytest.approx(grad2 / (grad2 + 3))
+    assert hodge(3, f, g, X)["cycle_rank"] == 1
+
+
+def test_entropy_production_of_a_driven_ring():
+    # ring of 3, forward jump probability p, backward q: pi uniform, sigma = (p - q) log(p/q)
+    p, q = 0.7, 0.3
+    src, dst = np.array([0, 1, 2, 1, 2, 0]), np.array([1, 2, 0, 0, 1, 2])
+    w = np.array([p, p, p, q, q, q]) * 0.2                 # any row scale
+    out = entropy_production(3, src, dst, w)
+    assert out["entropy_production"] == pytest.approx((p - q) * math.log(p / q))
+    rev = entropy_production(3, src, dst, np.array([1, 2, 3, 1, 2, 3.0]) * 0 + 1)
+    assert rev["entropy_production"] == pytest.approx(0.0, abs=1e-15)
+
+
+def test_stationary_iterative_matches_dense():
+    V, src, dst, logT = sy.sparse_kernel(300, seed=2, degree=6)
+    from dbgpu.fit import strong_components
+
+    c = strong_components(300, src, dst)
+    m = c.label == 0
+    loc = np.cumsum(m) - 1
+    e = m[src] & m[dst]
+    n = int(m.sum())
+    s, d, w = loc[src[e]], loc[dst[e]], np.exp(logT[e])
+    p = w / np.bincount(s, w, minlength=n)[s]
+    a, ra = stationary(n, s, d, p)
+    b, rb = stationary(n, s, d, p, dense_max=0)            # power iteration path
+    np.testing.assert_allclose(b, a, atol=1e-12)
+    assert ra < 1e-13 and rb < 1e-11
+    import torch
+
+    from dbgpu.stats import _power_torch                  # the CUDA code path, run on CPU
+
+    c = _power_torch(n, s, d, p, np.full(n, 1 / n), 1e-14, 20000, torch.device("cpu"))
+    np.testing.assert_allclose(c, a, atol=1e-12)
+
+
+def test_reversibility_test_tree_is_saturated():
+    # a tree of pairs: the reversible model fits every pair exactly, G2 = 0, dof = 0
+    src, dst = np.array([0, 1, 1, 2]), np.array([1, 0, 2, 1])
+    out = reversibility_test(3, src, dst, np.array([30, 10, 5, 20]), np.array([100, 80, 60]))
+    assert out["G2"] == pytest.approx(0, abs=1e-9) and out["dof"] == 0 and out["p_value"] is None
+
+
+# --------------------------------------------------------------------------- synthetic chains
+
+
+def run_dense(tmp_path, *, sampled=False, **kw):
+    """Fit a 24-state synthetic kernel through `fit_input`: the exact kernel as a score
+    directory, or sampled (20,000 queries per source, multinomial) as transitions.jsonl."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    n = 24
+    states = sy.state_names(n)
+    V, logT = sy.dense_kernel(n, seed=1, **kw)
+    if sampled:
+        t = sy.sample_dense_counts(logT, per_source=20_000, seed=0)
+        src = np.repeat(t.src, t.count)
+        dst = np.repeat(t.dst, t.count)
+        invalid = np.repeat(np.arange(n), t.visits - np.bincount(t.src, t.count, minlength=n).astype(int))
+        inp = sy.write_transitions_jsonl(tmp_path / "t.jsonl", states, np.r_[src, invalid],
+                                         np.r_[dst, np.full(len(invalid), -1)])
+        stats = fit_input(inp, tmp_path, weights="counts", device="cpu")
+    else:
+        sy.write_score_dir(tmp_path, states, logT)
+        stats = fit_input(tmp_path, tmp_path, device="cpu")
+    pot = json.loads((tmp_path / "potential.json").read_text())
+    return V, np.array([pot[s] for s in states]), stats
+
+
+def test_exact_kernel_with_detailed_balance(tmp_path):
+    V, fitted, st = run_dense(tmp_path)
+    assert np.corrcoef(fitted, V)[0, 1] > 0.999
+    np.testing.assert_allclose(fitted, V, atol=1e-8)
+    assert st["pairwise"]["slope"] == pytest.approx(1.0, abs=1e-8)
+    assert st["pairwise"]["rms_residual"] < 1e-8
+    assert st["loops"]["count"] == math.comb(24, 3) and st["loops"]["rms"] < 1e-12
+    assert st["hodge"]["gradient_fraction"] == pytest.approx(1.0, abs=1e-12)
+    assert st["entropy_production"]["entropy_production"] == pytest.approx(0.0, abs=1e-14)
+    assert st["reversibility"] is None and st["pairwise"]["chi2"] is None
+
+
+def test_noisy_exact_kernel(tmp_path):
+    V, fitted, st = run_dense(tmp_path, noise=0.05)
+    assert np.corrcoef(fitted, V)[0, 1] > 0.999
+    assert 0.98 < st["hodge"]["gradient_fraction"] < 1.0
+    assert 0 < st["entropy_production"]["entropy_production"] < 0.01
+
+
+def test_sampled_counts_with_detailed_balance(tmp_path):
+    V, fitted, st = run_dense(tmp_path, sampled=True)
+    assert st["n_queries"] == 24 * 20_000 and st["n_invalid"] > 0
+    assert np.corrcoef(fitted, V)[0, 1] > 0.999
+    assert 0.7 < st["loops"]["chi2_ndf"] < 1.3
+    assert 0.7 < st["pairwise"]["chi2_ndf"] < 1.3
+    assert st["pairwise"]["slope"] == pytest.approx(1.0, abs=0.05)
+    assert st["hodge"]["gradient_fraction"] > 0.98
+    assert st["entropy_production"]["entropy_production"] < 0.01
+    rev = st["reversibility"]
+    assert rev["dof"] == 276 - 23 and rev["p_value"] > 1e-3
+
+
+def sampled_stats(**kw):
+    """The same sampled chain as run_dense(sampled=True), analysed in memory."""
+    from dbgpu.data import count_weights
+    from dbgpu.fit import fit_potential
+    from dbgpu.stats import detailed_balance_stats
+
+    _, logT = sy.dense_kernel(24, seed=1, **kw)
+    e = count_weights(sy.sample_dense_counts(logT, per_source=20_000, seed=0))
+    return detailed_balance_stats(e, fit_potential(24, e.src, e.dst, e.w))[0]
+
+
+def test_cycle_flux_is_detected(tmp_path):
+    db, cyc = sampled_stats(), sampled_stats(curl=0.5)
+    assert cyc["hodge"]["gradient_fraction"] < db["hodge"]["gradient_fraction"] - 0.2
+    assert cyc["entropy_production"]["entropy_production"] > 10 * db["entropy_production"]["entropy_production"]
+    assert cyc["loops"]["chi2_ndf"] > 5 and cyc["reversibility"]["p_value"] < 1e-10
+    _, _, exact_cyc = run_dense(tmp_path / "exact", curl=0.5)
+    assert exact_cyc["hodge"]["gradient_fraction"] < 0.8
+    assert exact_cyc["entropy_production"]["entropy_production"] > 0.05
