@@ -95,7 +95,8 @@ def _cmd_score(args) -> int:
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="the main job end to end on defaults",
-                       description="States (the task's seed set), exact kernel, analysis, in one directory.")
+                       description="States (the task's seed set), exact kernel, least-action potential, "
+                                   "detailed-balance statistics, figures and report.md, in one directory.")
     _model_options(p, default_model="smollm2-135m")
     _task_options(p, default_task="word100")
     _scoring_options(p)
@@ -124,10 +125,20 @@ def _cmd_run(args) -> int:
           f"{meta['seconds']:.1f} s ({meta['tokens']} tokens)")
     from pathlib import Path
 
+    from dbgpu.analysis import fit_input
+    from dbgpu.io import read_json
+    from dbgpu.jobs import analysis_summary
+    from dbgpu.report import write_report
+
     out = Path(args.out)
     print()
     print(kernel_summary(states, np.load(out / "logT.npy")))
+    stats = fit_input(out, out, device="cpu" if args.device == "cpu" else "auto")
+    report = write_report(out)
     print()
+    print(analysis_summary(stats, read_json(out / "potential.json")))
+    print()
+    print(f"report: {report}")
     print(f"files in {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
     return 0
 

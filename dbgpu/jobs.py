@@ -171,3 +171,28 @@ def kernel_summary(states: list[str], logT: np.ndarray, *, top: int = 10) -> str
         f, g = np.unravel_index(k, off.shape)
         lines.append(f"  {states[f]:>12} -> {states[g]:<12} T = {off[f, g]:.3e}   log T = {logT[f, g]:8.3f}")
     return "\n".join(lines)
+
+
+def analysis_summary(stats: dict, potential: dict, *, top: int = 5) -> str:
+    """Headline detailed-balance numbers and the extremes of the potential, as text."""
+    def fmt(x, spec=".4g"):
+        return "n/a" if x is None else format(x, spec)
+
+    pw, lp, hodge, ep = stats["pairwise"], stats["loops"], stats["hodge"], stats["entropy_production"]
+    bounded = sorted(((v, s) for s, v in potential.items() if v is not None))
+    lines = [
+        f"least action: {stats['action']:.6g} ({stats['fit']['method']}, {stats['fit']['iterations']} iterations, "
+        f"converged: {stats['fit']['converged']}); {len(bounded)} of {len(potential)} states bounded",
+        f"pairwise log-ratio vs V(f)-V(g): {pw['n_pairs']} pairs, r = {fmt(pw['r'])}, slope (beta) = {fmt(pw['slope'])}"
+        + (f", chi2/ndf = {fmt(pw['chi2_ndf'])}" if pw.get("chi2_ndf") is not None
+           else f", RMS residual = {fmt(pw.get('rms_residual'))}"),
+        f"Kolmogorov loops: {lp['count']} 3-cycles"
+        + (f", chi2/ndf = {fmt(lp['chi2_ndf'])}" if lp.get("chi2_ndf") is not None else f", RMS = {fmt(lp.get('rms'))}"),
+        f"Hodge gradient fraction (1 = detailed balance): {fmt(hodge['gradient_fraction'])}; "
+        f"entropy production: {fmt(ep['entropy_production'])}",
+    ]
+    if bounded:
+        lines.append("lowest potential (most probable): "
+                     + ", ".join(f"{s} {v:+.2f}" for v, s in bounded[:top]))
+        lines.append("highest potential: " + ", ".join(f"{s} {v:+.2f}" for v, s in bounded[::-1][:top]))
+    return "\n".join(lines)

@@ -131,6 +131,15 @@ def test_run_end_to_end_on_a_random_model(tmp_path):
     assert len(states) == 5
     logT = np.load(out / "logT.npy")
     assert np.all(np.logaddexp.reduce(logT, axis=1) <= 0)
+    # the analysis half ran on the exact kernel: potential for every state, statistics, figures
+    potential = json.loads((out / "potential.json").read_text())
+    assert set(potential) == set(states) and all(v is not None for v in potential.values())
+    assert abs(sum(potential.values())) < 1e-9                       # zero-mean gauge
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["n_states"] == 5 and stats["n_edges"] == 20 and stats["weights"] == "exact"
+    for name in ("report.md", "db_scatter.png", "db_scatter.pdf", "graph.png", "potential_hist.png"):
+        assert (out / name).is_file(), name
+    assert "Hodge gradient fraction" in r.stdout and "lowest potential" in r.stdout
 
 
 @pytest.mark.slow
