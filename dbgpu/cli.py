@@ -213,6 +213,59 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="potentials of one state set under several models and templates",
+                       description="Score the same states under every model x template (reusing score "
+                                   "directories already in DIR), fit each, and compare the potentials: "
+                                   "correlations, slopes, log-ratio agreement, detailed-balance indices.")
+    p.add_argument("--models", required=True, metavar="M1,M2,...", help="comma-separated models")
+    p.add_argument("--templates", default=None, metavar="T1,T2,...",
+                   help="comma-separated built-in template names or files (default: the task's own)")
+    p.add_argument("--task", default="word100", help="task name (default word100)")
+    p.add_argument("--answer-prefix", default=None, metavar="TEXT", help="as for score")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default 1)")
+    p.add_argument("--method", default="tree", choices=["tree", "plain"], help="scoring method (default tree)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--states", metavar="FILE", help="JSON list, text file (one per line) or score dir")
+    src.add_argument("--state-list", metavar="A,B,C", help="comma-separated states")
+    src.add_argument("--n-states", type=int, default=None, metavar="N",
+                     help="the task's N seed states (the default, with N = 24)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
+    p.add_argument("--cache-dir", default=None, help="dequantised GGUF cache (default: user cache dir)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args) -> int:
+    from dbgpu.compare import compare_job
+    from dbgpu.jobs import parse_state_list, read_states_file
+    from dbgpu.tasks import get_task
+
+    models = parse_state_list(args.models)
+    templates = parse_state_list(args.templates) if args.templates else [None]
+    if args.states:
+        states = read_states_file(args.states)
+    elif args.state_list:
+        states = parse_state_list(args.state_list)
+    else:
+        n = 24 if args.n_states is None else args.n_states
+        if n < 2:
+            raise DbgpuError(f"--n-states must be at least 2, got {n}")
+        states = get_task(args.task).seed_states(n)
+    result = compare_job(models=models, templates=templates, task_name=args.task, states=states, out=args.out,
+                         answer_prefix=args.answer_prefix, temperature=args.temperature, method=args.method,
+                         device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
+                         progress=not args.quiet)
+    for r in result["pairs"]:
+        print(f"{r['a']}  vs  {r['b']}: {r['shared_bounded']} shared bounded states, Pearson V "
+              f"{_fmt(r['pearson_V'])}, Spearman V {_fmt(r['spearman_V'])}, slope {_fmt(r['slope_V'])}, "
+              f"log-ratio r {_fmt(r['pearson_logratio'])}")
+    print(f"wrote {args.out}/compare.md, compare.csv, runs.csv, compare.json, potentials.png, db_index.png")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -228,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(sub)
     _add_fit(sub)
     _add_report(sub)
+    _add_compare(sub)
     return parser
 
 

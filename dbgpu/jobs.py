@@ -7,6 +7,7 @@ atomically at the end, so a failed or interrupted job leaves no half-written fil
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import sys
 from pathlib import Path
 
@@ -67,6 +68,11 @@ def read_template(path: str | Path | None, *, task: str | None = None) -> str | 
         raise DbgpuError(f"template file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DbgpuError(f"cannot read template file {path}: {e}") from None
+
+
+def template_sha256(task: Task) -> str:
+    """Identifies the prompt template a score directory was made with."""
+    return hashlib.sha256(task.template.encode("utf-8")).hexdigest()
 
 
 def versions() -> dict:
@@ -137,6 +143,7 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
         "resolved": lm.resolved,
         "task": task.name,
         "template": str(template_path) if template_path else None,
+        "template_sha256": template_sha256(task),
         "answer_prefix": task.answer_prefix,
         "n_states": len(states),
         "temperature": temperature,

@@ -35,16 +35,23 @@ def _label(s: str, n: int = 18) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def _figure():
+def new_figure(*, figsize=(6.4, 4.8)):
+    """A matplotlib Figure on an Agg canvas (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.8), dpi=120, layout="constrained")
+    fig = Figure(figsize=figsize, dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
+    return fig
+
+
+def _figure():
+    fig = new_figure()
     return fig, fig.add_subplot()
 
 
-def _save(fig, out: Path, name: str) -> None:
+def save_figure(fig, out: Path, name: str) -> None:
+    """`name`.png and `name`.pdf in `out`, each written atomically."""
     for ext in ("png", "pdf"):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext)
@@ -90,7 +97,7 @@ def plot_scatter(pts, stats, out: Path) -> None:
     ax.set_ylabel("log w(f→g) / w(g→f)")
     ax.set_title("Detailed balance: log-ratio against potential difference")
     ax.grid(alpha=0.3)
-    _save(fig, out, "db_scatter")
+    save_figure(fig, out, "db_scatter")
 
 
 def plot_loops(pts, stats, out: Path) -> None:
@@ -119,7 +126,7 @@ def plot_loops(pts, stats, out: Path) -> None:
     ax.set_ylabel("forward Σ log w  (f→g→h→f)")
     ax.set_title("Kolmogorov loops (3-cycles)")
     ax.grid(alpha=0.3)
-    _save(fig, out, "loops")
+    save_figure(fig, out, "loops")
 
 
 def plot_histogram(V: np.ndarray, out: Path) -> None:
@@ -138,7 +145,7 @@ def plot_histogram(V: np.ndarray, out: Path) -> None:
     ax.set_ylabel("states")
     ax.set_title("Distribution of the fitted potential")
     ax.grid(alpha=0.3)
-    _save(fig, out, "potential_hist")
+    save_figure(fig, out, "potential_hist")
 
 
 def plot_graph(pts, stats, out: Path, *, per_state: int = 3) -> None:
@@ -191,7 +198,7 @@ def plot_graph(pts, stats, out: Path, *, per_state: int = 3) -> None:
     ax.set_ylabel("potential V (lower = more probable)")
     ax.set_title(f"{k} lowest-potential states and their {per_state} strongest transitions")
     ax.grid(alpha=0.3, axis="y")
-    _save(fig, out, "graph")
+    save_figure(fig, out, "graph")
 
 
 def _report_md(stats, potential, V_sorted) -> str:

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 @runtime_checkable
 class Task(Protocol):
     name: str
+    template: str               # the user prompt template, with a {state} slot
     answer_prefix: str          # opens the answer; part of the prompt, never scored
     invalid_state: str | None   # where well-formed answers that fail `valid` go (or None)
     start_state: str            # where exploration starts

@@ -1,0 +1,121 @@
+"""`dbgpu compare`: correlations of potentials across runs, reuse of score directories."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dbgpu.analysis import fit_input
+from dbgpu.cli import main
+from dbgpu.compare import compare_job, compare_pair, log_ratios, shared_potentials
+from dbgpu.io import read_json
+from dbgpu.synthetic import state_names, write_score_dir
+
+
+def _run(tmp_path, name, states, logT):
+    d = write_score_dir(tmp_path / name, states, logT)
+    fit_input(d, d, device="cpu")
+    return {"label": name, "states": states, "logT": logT, "potential": read_json(d / "potential.json")}
+
+
+def _db_kernel(V):
+    """Exact detailed balance with potential V: log T(f,g) - log T(g,f) = V(f) - V(g)."""
+    return (V[:, None] - V[None, :]) / 2 - np.log(4 * len(V))
+
+
+@pytest.mark.parametrize("rho", [1.0, 0.8, 0.3, -0.5])
+def test_known_correlation_is_recovered(tmp_path, rho):
+    n = 30
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=n)
+    u = rng.normal(size=n)
+    a = (a - a.mean()) / a.std()
+    u -= u.mean() + (u @ a) / (a @ a) * a                 # orthogonal to a
+    u /= u.std()
+    b = rho * a + np.sqrt(1 - rho ** 2) * u               # sample correlation exactly rho
+    states = state_names(n)
+    ra = _run(tmp_path, "a", states, _db_kernel(a))
+    rb = _run(tmp_path, "b", states, _db_kernel(b))
+    row = compare_pair(ra, rb)
+    assert row["shared_bounded"] == n
+    assert row["pearson_V"] == pytest.approx(rho, abs=1e-6)
+    assert row["slope_V"] == pytest.approx(rho, abs=1e-6)           # both have unit variance
+    assert row["pearson_logratio"] == pytest.approx(rho, abs=1e-6)  # log-ratios are V differences
+
+
+def test_only_states_bounded_in_both_runs_are_compared(tmp_path):
+    pa = {"A": 0.0, "B": 1.0, "C": None, "D": 2.0}
+    pb = {"A": 5.0, "B": None, "C": 1.0, "D": 7.0}
+    shared, va, vb = shared_potentials(pa, pb)
+    assert shared == ["A", "D"]
+    np.testing.assert_allclose(va, [-1.0, 1.0])
+    np.testing.assert_allclose(vb, [-1.0, 1.0])
+    logT = np.log(np.array([[0.5, 0.1, 0.2], [0.3, 0.4, 0.05], [0.1, 0.2, 0.3]]))
+    np.testing.assert_allclose(log_ratios(["X", "Y", "Z"], logT, ["Z", "X"]),
+                               [np.log(0.1 / 0.2), np.log(0.2 / 0.1)])
+
+
+def test_same_model_and_template_compare_with_correlation_one(tmp_path, capsys):
+    """Two scorings of one model and template (tree and plain methods) agree exactly."""
+    for method in ("tree", "plain"):
+        assert main(["score", "--model", "random:qwen2", "--task", "word100", "--state-list",
+                     "ATTITUDE,BUZZY,EXCELLENT,TURKEY,PERSONAL", "--method", method,
+                     "--out", str(tmp_path / method), "--quiet"]) == 0
+    runs = []
+    for method in ("tree", "plain"):
+        d = tmp_path / method
+        fit_input(d, d, device="cpu")
+        runs.append({"label": method, "states": read_json(d / "states.json"), "logT": np.load(d / "logT.npy"),
+                     "potential": read_json(d / "potential.json")})
+    row = compare_pair(*runs)
+    assert row["pearson_V"] > 1 - 1e-9 and row["spearman_V"] == pytest.approx(1.0)
+    assert row["slope_V"] == pytest.approx(1.0, abs=1e-4)
+    assert row["pearson_logratio"] > 1 - 1e-9
+
+
+def test_compare_writes_its_table_and_reuses_scores(tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    states = ["ATTITUDE", "BUZZY", "TURKEY", "PERSONAL"]
+    kw = dict(models=["random:llama", "random:gemma3"], templates=["paper", "terse"], task_name="word100",
+              states=states, out=out, device="cpu", progress=False, log=lambda *a: None)
+    first = compare_job(**kw)
+    assert len(first["runs"]) == 4 and len(first["pairs"]) == 6
+    assert not any(r["reused"] for r in first["runs"])
+    for name in ("compare.md", "compare.csv", "runs.csv", "compare.json", "potentials.png", "potentials.pdf",
+                 "db_index.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "compare.json").read_text())["pairs"] == json.loads(json.dumps(first["pairs"]))
+    assert (out / "compare.csv").read_text().count("\n") == 1 + 6
+
+    # a second call scores nothing: loading a model or scoring would fail
+    import dbgpu.jobs
+    import dbgpu.models
+
+    def boom(*a, **k):
+        raise AssertionError("re-scored")
+
+    monkeypatch.setattr(dbgpu.models, "load_model", boom)
+    monkeypatch.setattr(dbgpu.jobs, "score_job", boom)
+    again = compare_job(**kw)
+    assert all(r["reused"] for r in again["runs"])
+    assert again["pairs"] == first["pairs"]
+    # another temperature is another measurement: not reused
+    with pytest.raises(AssertionError, match="re-scored"):
+        compare_job(**{**kw, "temperature": 0.7})
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--models", "random:llama,no-such-model"], "unknown model"),
+    (["--models", "random:llama"], "at least two runs"),
+    (["--models", "random:llama,random:llama"], "twice"),
+    (["--models", "random:llama,random:qwen2", "--templates", "paper,missing.txt"], "template file not found"),
+    (["--models", "random:llama,random:qwen2", "--state-list", "BUZZY,B1"], "not a word"),
+])
+def test_compare_bad_input(tmp_path, capsys, args, message):
+    out = tmp_path / "cmp"
+    assert main(["compare", *args, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
