@@ -194,7 +194,7 @@ def plot_db_index(summaries: list[dict], out: Path) -> None:
     ax.set_xticks(x, [s["label"] for s in summaries], rotation=20, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.axhline(1, color="0.5", ls=":", lw=1)
-    ax.set_ylabel("detailed-balance index (1 = detailed balance)")
+    ax.set_ylabel("index (1 = detailed balance)")
     ax.legend(fontsize=8, loc="lower right")
     save_figure(fig, out, "db_index")
 
