@@ -7,26 +7,12 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from scipy.stats import chisquare
+from conftest import pooled_chisquare
 
 from dbgpu.formatting import continuation_text, encode, end_of_turn_text, prompt_text, stop_token_ids
 from dbgpu.models import cache_kwarg, output_cache
 from dbgpu.sampling import sample_answers
 from dbgpu.scoring import score_matrix
-
-
-def pooled_chisquare(observed: dict, probs: dict, n: int, *, min_expected: float = 5.0):
-    """Chi-square of counts against n*p over the named outcomes plus 'other' (the rest of
-    the mass); outcomes expected fewer than `min_expected` times are pooled into 'other'."""
-    keep = [k for k in probs if n * probs[k] >= min_expected]
-    obs = [observed.get(k, 0) for k in keep]
-    exp = [n * probs[k] for k in keep]
-    obs.append(n - sum(obs))
-    exp.append(n - sum(exp))
-    if exp[-1] < min_expected:                        # nothing left over: drop the empty bin
-        obs[-2] += obs.pop()
-        exp[-2] += exp.pop()
-    return chisquare(obs, exp), keep
 
 
 def test_first_token_frequencies_match_softmax(tiny_lms, word_task):
