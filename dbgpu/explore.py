@@ -201,9 +201,28 @@ def run_steps(task: Task, frontier: Frontier, *, protocol: str, seed: int, steps
         yield result, frontier.absorb(result.records)
 
 
+GIVES_UP = ("word100",)     # tasks whose partial answers `cannot_become_a_state` can judge
+
+
+def cannot_become_a_state(task: Task, text: str) -> bool:
+    """Whether a partial answer is rejected however it goes on (then it need not go on).
+
+    word100 parses `text.strip().upper()` and wants ASCII letters only: once the stripped
+    text holds anything else (punctuation, a digit, a space between letters, a non-ASCII
+    character), every continuation keeps it, since a continuation can only add at the
+    end. Other tasks are never given up on (their parse is not known to be monotone).
+    """
+    return task.name in GIVES_UP and task.parse(text) is None and text.strip() != ""
+
+
 def model_answerer(lm, task: Task, *, temperature: float, max_new_tokens: int):
     """answer(sources, sample_seed) -> Answers: one batched `sample_answers` call per step.
-    Prompt ids are computed once per state (chat templates are slow)."""
+
+    Prompt ids are computed once per state (chat templates are slow). Answers that can no
+    longer become a state are abandoned as soon as that is certain (`cannot_become_a_state`):
+    the log then holds their text up to that point, and they are rejected as they would
+    have been anyway; the batch decodes only the answers still open.
+    """
     import torch
 
     from dbgpu.formatting import encode, prompt_text, stop_token_ids
@@ -213,6 +232,9 @@ def model_answerer(lm, task: Task, *, temperature: float, max_new_tokens: int):
     stop_ids = stop_token_ids(tok, lm.model)
     prompt_ids: dict[str, list[int]] = {}
 
+    def give_up(rows: list[list[int]]) -> list[bool]:                          # rows: (L, t) ids so far
+        return [cannot_become_a_state(task, t) for t in tok.batch_decode(rows, skip_special_tokens=False)]
+
     def answer(sources: list[str], sample_seed: int) -> Answers:
         for f in sources:
             if f not in prompt_ids:
@@ -220,7 +242,8 @@ def model_answerer(lm, task: Task, *, temperature: float, max_new_tokens: int):
         gen = torch.Generator(device=lm.device).manual_seed(sample_seed)
         samples = sample_answers(lm.model, [prompt_ids[f] for f in sources], temperature=temperature,
                                  max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-                                 pad_id=tok.pad_token_id, generator=gen)
+                                 pad_id=tok.pad_token_id, generator=gen,
+                                 give_up=give_up if task.name in GIVES_UP else None)
         return Answers(texts=tok.batch_decode([s.ids for s in samples], skip_special_tokens=False),
                        stopped=[s.stopped for s in samples],
                        tokens=sum(len(s.ids) + s.stopped for s in samples))

@@ -181,7 +181,7 @@ def scripted_sampler(monkeypatch, tiny_lms):
     tok = tiny_lms("llama").tokenizer
     eot = tok.convert_tokens_to_ids("<|im_end|>")
 
-    def fake(model, prompts, *, temperature, max_new_tokens, stop_ids, pad_id, generator):
+    def fake(model, prompts, *, temperature, max_new_tokens, stop_ids, pad_id, generator, give_up=None):
         pick = torch.randint(len(WORDS), (len(prompts),), generator=generator).tolist()
         cut = (torch.rand(len(prompts), generator=generator) < 0.125).tolist()
         return [Sample(ids=tok(WORDS[i], add_special_tokens=False).input_ids, stopped=not c,
@@ -259,3 +259,15 @@ def test_sampled_answers_agree_with_the_exact_kernel(smollm2, word_task):
     (stat, pval), keep = pooled_chisquare(observed, probs, n)
     assert sum(observed[w] for w in keep) > n / 5               # the test is not vacuous
     assert pval > 1e-3, (observed, {w: n * p for w, p in probs.items()}, stat, pval)
+
+
+@pytest.mark.parametrize("text,hopeless", [
+    (" ATTITUDE", False), (" attitude \n", False), ("", False), ("  ", False),
+    (" ATTITUDE\n\nThe", True), (" ATTI-", True), (" 4", True), (" Été", True), (" BUZZY.", True),
+])
+def test_answers_are_given_up_only_when_no_continuation_can_be_a_word(word_task, text, hopeless):
+    from dbgpu.explore import cannot_become_a_state
+
+    assert cannot_become_a_state(word_task, text) == hopeless
+    # hand-checked: some continuation parses iff not hopeless
+    assert any(word_task.parse(text + tail) for tail in ["", "A", "\n"]) == (not hopeless)
