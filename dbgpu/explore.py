@@ -124,7 +124,6 @@ class Frontier:
     invalid_state: str | None
     discovered: list[str] = field(default_factory=list)
     walkers: list[str] = field(default_factory=list)
-    n_records: int = 0
 
     def __post_init__(self):
         self.discovered = self.discovered or [self.start]
@@ -142,7 +141,6 @@ class Frontier:
                 new.append(g)
             if g is not None and g != self.invalid_state:
                 self.walkers[r["slot"]] = g
-        self.n_records += len(records)
         return new
 
 
