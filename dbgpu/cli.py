@@ -263,6 +263,72 @@ def _cmd_compare(args) -> int:
               f"{_fmt(r['pearson_V'])}, Spearman V {_fmt(r['spearman_V'])}, slope {_fmt(r['slope_V'])}, "
               f"log-ratio r {_fmt(r['pearson_logratio'])}")
     print(f"wrote {args.out}/compare.md, compare.csv, runs.csv, compare.json, potentials.png, db_index.png")
+def _add_explore(sub) -> None:
+    from dbgpu.explore import DEFAULT_BATCH, DEFAULT_MAX_NEW_TOKENS, PROTOCOLS
+
+    p = sub.add_parser("explore", help="sample the agent: discover states, log every transition",
+                       description="Run K steps of B sampled queries each and append one JSON line per "
+                                   "query to DIR/transitions.jsonl; a second call on DIR continues the run.")
+    _model_options(p)
+    _task_options(p)
+    p.add_argument("--steps", type=int, required=True, metavar="K", help="steps to run in this call")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (created, or continued)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="paper",
+                   help="paper: sources drawn uniformly from the discovered states (default); "
+                        "walk: B walkers, each from its own last valid state")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="B",
+                   help=f"queries per step, sampled in one batch (default {DEFAULT_BATCH})")
+    p.add_argument("--start", default=None, metavar="STATE", help="start state (default: the task's, BUZZY)")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
+                   help=f"longer answers are truncated and rejected (default {DEFAULT_MAX_NEW_TOKENS})")
+    p.add_argument("--seed", type=int, default=0, help="same seed, model and device: the same log (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_explore)
+
+
+def _cmd_explore(args) -> int:
+    from dbgpu.explore import explore_job, summary_text
+
+    task = _task_from(args)
+    res = explore_job(model=args.model, task=task, steps=args.steps, out=args.out, protocol=args.protocol,
+                      batch=args.batch, start=args.start, temperature=args.temperature,
+                      max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device,
+                      dtype=args.dtype, cache_dir=args.cache_dir, progress=not args.quiet)
+    print(summary_text(res["summary"], steps=(res["first_step"], res["first_step"] + res["steps"]),
+                       n_discovered=len(res["discovered"]), path=res["log"]))
+    return 0
+
+
+def _add_states(sub) -> None:
+    p = sub.add_parser("states", help="the valid states an explore run discovered, for score --states",
+                       description="Print (or write) the discovered valid states of an explore directory "
+                                   "as a JSON list, most often answered first.")
+    p.add_argument("dir", metavar="DIR", help="an explore directory (or its transitions.jsonl)")
+    p.add_argument("--min-count", type=int, default=0, metavar="N",
+                   help="keep states answered at least N times (default 0: every discovered state)")
+    p.add_argument("--out", default=None, metavar="FILE", help="write the list here (atomically) instead of stdout")
+    p.set_defaults(func=_cmd_states)
+
+
+def _cmd_states(args) -> int:
+    import json
+
+    from dbgpu.explore import states_job
+    from dbgpu.io import write_json_atomic
+
+    states = [s for s, _ in states_job(args.dir, min_count=args.min_count)]
+    if args.out is None:
+        print(json.dumps(states, ensure_ascii=False))
+        return 0
+    from pathlib import Path
+
+    if not Path(args.out).absolute().parent.is_dir():
+        raise DbgpuError(f"cannot write {args.out}: its directory does not exist")
+    try:
+        write_json_atomic(args.out, states)
+    except OSError as e:
+        raise DbgpuError(f"cannot write {args.out}: {e.strerror or e}") from None
+    print(f"{len(states)} states -> {args.out}")
     return 0
 
 
@@ -282,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit(sub)
     _add_report(sub)
     _add_compare(sub)
+    _add_explore(sub)
+    _add_states(sub)
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from scipy.stats import chisquare
 
 
 def pytest_collection_modifyitems(config, items):
@@ -59,3 +60,17 @@ def reference_logT(model, prompt_ids: list[int], cont_ids: list[int], *, tempera
     logp = torch.log_softmax(logits / temperature, dim=-1)
     P = len(prompt_ids)
     return float(sum(logp[P + k - 1, t] for k, t in enumerate(cont_ids)))
+
+
+def pooled_chisquare(observed: dict, probs: dict, n: int, *, min_expected: float = 5.0):
+    """Chi-square of counts against n*p over the named outcomes plus 'other' (the rest of
+    the mass); outcomes expected fewer than `min_expected` times are pooled into 'other'."""
+    keep = [k for k in probs if n * probs[k] >= min_expected]
+    obs = [observed.get(k, 0) for k in keep]
+    exp = [n * probs[k] for k in keep]
+    obs.append(n - sum(obs))
+    exp.append(n - sum(exp))
+    if exp[-1] < min_expected:                        # nothing left over: drop the empty bin
+        obs[-2] += obs.pop()
+        exp[-2] += exp.pop()
+    return chisquare(obs, exp), keep

@@ -7,26 +7,13 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from conftest import pooled_chisquare
 from scipy.stats import chisquare
 
 from dbgpu.formatting import continuation_text, encode, end_of_turn_text, prompt_text, stop_token_ids
 from dbgpu.models import cache_kwarg, output_cache
 from dbgpu.sampling import sample_answers
 from dbgpu.scoring import score_matrix
-
-
-def pooled_chisquare(observed: dict, probs: dict, n: int, *, min_expected: float = 5.0):
-    """Chi-square of counts against n*p over the named outcomes plus 'other' (the rest of
-    the mass); outcomes expected fewer than `min_expected` times are pooled into 'other'."""
-    keep = [k for k in probs if n * probs[k] >= min_expected]
-    obs = [observed.get(k, 0) for k in keep]
-    exp = [n * probs[k] for k in keep]
-    obs.append(n - sum(obs))
-    exp.append(n - sum(exp))
-    if exp[-1] < min_expected:                        # nothing left over: drop the empty bin
-        obs[-2] += obs.pop()
-        exp[-2] += exp.pop()
-    return chisquare(obs, exp), keep
 
 
 def test_first_token_frequencies_match_softmax(tiny_lms, word_task):
@@ -134,3 +121,88 @@ def test_dbgpu_sampler_agrees_with_exact_kernel(smollm2, word_task):
     (stat, pval), keep = pooled_chisquare(observed, probs, n)
     assert sum(observed[w] for w in keep) > n / 4
     assert pval > 1e-3, (observed, {w: n * p for w, p in probs.items()}, stat, pval)
+
+
+def _greedy_reference(model, prompt: list[int], *, steps: int, stop_ids: set, give_up_after: int | None):
+    """Independent computation: argmax continuation by plain forwards of the whole sequence."""
+    seq, out = list(prompt), []
+    for _ in range(steps):
+        with torch.no_grad():
+            t = int(model(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+        out.append(t)
+        seq.append(t)
+        if t in stop_ids or (give_up_after is not None and len(out) == give_up_after):
+            break
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(tiny_lms, word_task, arch):
+    """Near-greedy sampling (tau = 1e-3) is deterministic, so every row must equal its own
+    plain-forward argmax continuation, whatever rows stop, are given up on or are dropped
+    from the batch (and the KV cache) around it."""
+    lm = tiny_lms(arch)
+    tok = lm.tokenizer
+    words = ["BUZZY", "TURKEY", "ATTITUDE", "PERSONAL", "BUZZY", "PROBLEMS"]
+    prompts = [encode(tok, prompt_text(tok, word_task, w)) for w in words]
+    free = [_greedy_reference(lm.model, p, steps=6, stop_ids=set(), give_up_after=None) for p in prompts]
+    stop_ids = {free[0][1], free[2][3]}                  # row 0 stops at its 2nd token, row 2 at its 4th
+    quit_row = 3                                         # abandoned after 2 tokens
+    give_up = lambda rows: [r == free[quit_row][:2] for r in rows]  # noqa: E731
+    expected = [_greedy_reference(lm.model, p, steps=6, stop_ids=stop_ids,
+                                  give_up_after=2 if i == quit_row else None) for i, p in enumerate(prompts)]
+    samples = sample_answers(lm.model, prompts, temperature=1e-3, max_new_tokens=6, stop_ids=sorted(stop_ids),
+                             pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0),
+                             give_up=give_up)
+    assert len(expected[0]) == 2 and len(expected[2]) <= 4 and len(expected[quit_row]) == 2
+    for i, (s, e) in enumerate(zip(samples, expected)):
+        if e[-1] in stop_ids:
+            assert (s.ids, s.stopped, s.stop_id) == (e[:-1], True, e[-1]), i
+        else:
+            assert (s.ids, s.stopped) == (e, False), i
+        assert s.gave_up == (i == quit_row and s.ids == free[quit_row][:2])
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+def test_shared_prefix_prefill_equals_the_plain_one(tiny_lms, word_task, arch):
+    """Prompts of different lengths around one state: running their common prefix once and
+    shifting it row by row gives the plain left-padded prefill's logits and cache (checked
+    through the next decode step too). gemma3's sliding window (8) is shorter than the
+    prompts, so it must take the plain path and agree trivially."""
+    from dbgpu.models import cache_kwarg
+    from dbgpu.sampling import common_prefix_length, prefill
+
+    lm = tiny_lms(arch)
+    tok = lm.tokenizer
+    prompts = [encode(tok, prompt_text(tok, word_task, w)) for w in ["BUZZY", "EXCELLENT", "AT", "PROBLEMS"]]
+    assert len({len(p) for p in prompts}) == 4 and common_prefix_length(prompts) > 16
+    results = []
+    for min_shared in (16, 10**9):
+        logits, cache, mask, pos = prefill(lm.model, prompts, pad_id=tok.pad_token_id, min_shared=min_shared)
+        nxt = logits.argmax(-1, keepdim=True)                                   # (U, 1)
+        mask2 = torch.cat([mask, torch.ones_like(nxt)], 1)
+        with torch.no_grad():
+            step = lm.model(input_ids=nxt, attention_mask=mask2, position_ids=pos[:, -1:] + 1, use_cache=True,
+                            **{cache_kwarg(lm.model): cache}).logits[:, -1]
+        results.append((logits, step))
+    (a, a2), (b, b2) = results
+    torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
+    torch.testing.assert_close(a2, b2, atol=2e-5, rtol=0)
+    with torch.no_grad():                                    # and an unpadded forward of one prompt
+        ref = lm.model(input_ids=torch.tensor([prompts[2]])).logits[0, -1]
+    torch.testing.assert_close(a[2], ref, atol=2e-5, rtol=0)
+
+
+def test_draw_tokens_follows_the_softmax_and_never_draws_impossible_tokens():
+    from dbgpu.sampling import draw_tokens
+
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])                # hand-chosen; the last is impossible
+    logits = torch.log(p).expand(4000, -1) * 0.5                 # tau = 0.5 undoes the halving
+    g = torch.Generator().manual_seed(3)
+    draws = torch.cat([draw_tokens(logits, temperature=0.5, generator=g) for _ in range(10)])  # (40000,)
+    counts = torch.bincount(draws, minlength=5)
+    assert counts[4] == 0
+    assert chisquare(counts[:4].numpy(), 40000 * p[:4].numpy()).pvalue > 1e-3, counts
+    # deterministic for a generator state
+    a = draw_tokens(logits, temperature=1.0, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a, draw_tokens(logits, temperature=1.0, generator=torch.Generator().manual_seed(9)))
