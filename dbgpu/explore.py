@@ -199,18 +199,11 @@ def run_steps(task: Task, frontier: Frontier, *, protocol: str, seed: int, steps
         yield result, frontier.absorb(result.records)
 
 
-GIVES_UP = ("word100",)     # tasks whose partial answers `cannot_become_a_state` can judge
-
-
 def cannot_become_a_state(task: Task, text: str) -> bool:
-    """Whether a partial answer is rejected however it goes on (then it need not go on).
-
-    word100 parses `text.strip().upper()` and wants ASCII letters only: once the stripped
-    text holds anything else (punctuation, a digit, a space between letters, a non-ASCII
-    character), every continuation keeps it, since a continuation can only add at the
-    end. Other tasks are never given up on (their parse is not known to be monotone).
-    """
-    return task.name in GIVES_UP and task.parse(text) is None and text.strip() != ""
+    """Whether a partial answer is rejected however it goes on (then it need not go on):
+    the task's own `hopeless` rule where it has one; otherwise never."""
+    hopeless = getattr(task, "hopeless", None)
+    return bool(hopeless(text)) if hopeless is not None else False
 
 
 def model_answerer(lm, task: Task, *, temperature: float, max_new_tokens: int):
@@ -241,7 +234,7 @@ def model_answerer(lm, task: Task, *, temperature: float, max_new_tokens: int):
         samples = sample_answers(lm.model, [prompt_ids[f] for f in sources], temperature=temperature,
                                  max_new_tokens=max_new_tokens, stop_ids=stop_ids,
                                  pad_id=tok.pad_token_id, generator=gen,
-                                 give_up=give_up if task.name in GIVES_UP else None)
+                                 give_up=give_up if hasattr(task, "hopeless") else None)
         return Answers(texts=tok.batch_decode([s.ids for s in samples], skip_special_tokens=False),
                        stopped=[s.stopped for s in samples],
                        tokens=sum(len(s.ids) + s.stopped for s in samples))

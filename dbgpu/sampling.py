@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from dbgpu.models import cache_kwarg, output_cache
+from dbgpu.tree import common_prefix_length
 
 
 @dataclass
@@ -56,14 +57,6 @@ def draw_tokens(logits: torch.Tensor, *, temperature: float, generator: torch.Ge
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp(max=cdf.shape[-1] - 1)
 
 
-def common_prefix_length(seqs: list[list[int]]) -> int:
-    """Length of the longest prefix shared by every sequence."""
-    first, n = seqs[0], min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        n = next((i for i, (a, b) in enumerate(zip(first[:n], s[:n])) if a != b), n)
-    return n
-
-
 def _window_allows(model, total: int) -> bool:
     """No sliding window that prompts of `total` tokens outgrow (its cache layers would keep
     only the window's last tokens, not the whole prefix that rows are shifted along)."""
@@ -92,7 +85,7 @@ def prefill(model, prompts: list[list[int]], *, pad_id: int, min_shared: int = 1
     device = next(model.parameters()).device
     ids, mask, pos = left_pad(prompts, pad_id=pad_id, device=device)           # (U, T)
     U, T = ids.shape
-    L = min(common_prefix_length(prompts), min(len(p) for p in prompts) - 1) if U > 1 else 0
+    L = common_prefix_length(prompts) if U > 1 else 0                           # each keeps >= 1 token
     if L >= min_shared and _window_allows(model, T):
         out = model(input_ids=torch.tensor([prompts[0][:L]], device=device), use_cache=True, logits_to_keep=1)
         cache = output_cache(out)                                              # (1, H, L, D) per layer

@@ -27,6 +27,10 @@ class Task(Protocol):
     def parse(self, text: str) -> str | None:
         """Canonical state of a generated answer, or None if it is not a well-formed answer."""
 
+    def hopeless(self, text: str) -> bool:
+        """Whether a partial answer is rejected however it continues (lets sampling stop it
+        early). A task without such a rule may leave it out: then answers always run on."""
+
     def valid(self, g: str) -> bool:
         """Whether state g satisfies the task's condition."""
 

@@ -78,6 +78,12 @@ class Word100:
         s = text.strip().upper()
         return s if s and is_word(s) else None
 
+    def hopeless(self, text: str) -> bool:
+        """A partial answer that no continuation can make parse: once the stripped text
+        holds anything but ASCII letters (punctuation, a digit, a space between letters),
+        every continuation keeps it, since a continuation only adds at the end."""
+        return text.strip() != "" and self.parse(text) is None
+
     def valid(self, g: str) -> bool:
         return is_word(g) and letter_sum(g) == TARGET
 
