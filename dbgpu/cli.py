@@ -263,6 +263,9 @@ def _cmd_compare(args) -> int:
               f"{_fmt(r['pearson_V'])}, Spearman V {_fmt(r['spearman_V'])}, slope {_fmt(r['slope_V'])}, "
               f"log-ratio r {_fmt(r['pearson_logratio'])}")
     print(f"wrote {args.out}/compare.md, compare.csv, runs.csv, compare.json, potentials.png, db_index.png")
+    return 0
+
+
 def _add_explore(sub) -> None:
     from dbgpu.explore import DEFAULT_BATCH, DEFAULT_MAX_NEW_TOKENS, PROTOCOLS
 

@@ -119,3 +119,16 @@ def test_compare_bad_input(tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_compare_command_prints_every_pair(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--models", "random:llama,random:qwen2", "--templates", "paper,puzzle",
+                 "--state-list", "BUZZY,TURKEY,ATTITUDE,PERSONAL", "--device", "cpu", "--out", str(out), "--quiet"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert stdout.count(" vs ") == 6 and "random:llama [puzzle]" in stdout
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["random-llama__paper", "random-llama__puzzle", "random-qwen2__paper", "random-qwen2__puzzle"]
+    meta = json.loads((out / "runs" / "random-qwen2__puzzle" / "meta.json").read_text())
+    assert meta["template"] == "puzzle" and meta["model"] == "random:qwen2"
