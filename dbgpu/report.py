@@ -67,6 +67,15 @@ def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
+def _points(ax, x, y, var, *, n: int, color: str, label_err: str, label: str) -> None:
+    """Error bars for up to 300 items with variances; else a scatter, thinner past 2000."""
+    if len(var) and n <= 300:
+        ax.errorbar(x, y, yerr=np.sqrt(var), fmt="o", ms=3, lw=0.6, color=color, alpha=0.7, label=label_err)
+    else:
+        ax.scatter(x, y, s=6 if n > 2000 else 14, alpha=0.35 if n > 2000 else 0.7, color=color, lw=0,
+                   label=label)
+
+
 def plot_scatter(pts, stats, out: Path) -> None:
     fig, ax = _figure()
     x, y, var = pts["pair_x"], pts["pair_dV"], pts["pair_var"]
@@ -75,12 +84,8 @@ def plot_scatter(pts, stats, out: Path) -> None:
         _empty(ax, "no pair of main-component states with transitions both ways")
     else:
         xx, yy = np.r_[y, -y], np.r_[x, -x]                    # both orientations
-        if len(var) and len(x) <= 300:
-            ax.errorbar(xx, yy, yerr=np.sqrt(np.r_[var, var]), fmt="o", ms=3, lw=0.6,
-                        color="C0", alpha=0.7, label="pairs (±1σ)")
-        else:
-            ax.scatter(xx, yy, s=6 if len(x) > 2000 else 14, alpha=0.35 if len(x) > 2000 else 0.7,
-                       color="C0", lw=0, label="pairs")
+        _points(ax, xx, yy, np.r_[var, var] if len(var) else var, n=len(x), color="C0",
+                label_err="pairs (±1σ)", label="pairs")
         lim = float(np.max(np.abs(np.r_[xx, yy]))) * 1.08 or 1.0
         t = np.array([-lim, lim])
         ax.plot(t, t, ls=":", color="0.5", lw=1, label="slope 1")
@@ -106,12 +111,9 @@ def plot_loops(pts, stats, out: Path) -> None:
     lp = stats["loops"]
     if len(F) == 0:
         _empty(ax, "no 3-cycle with transitions both ways on every side")
-    elif len(var) and len(F) <= 300:
-        ax.errorbar(B, F, yerr=np.sqrt(var), fmt="o", ms=3, lw=0.6, color="C2", alpha=0.7,
-                    label="3-cycles (±1σ of forward − backward)")
     else:
-        ax.scatter(B, F, s=6 if len(F) > 2000 else 14, alpha=0.35 if len(F) > 2000 else 0.7,
-                   color="C2", lw=0, label="3-cycles f→g→h→f")
+        _points(ax, B, F, var, n=len(F), color="C2", label_err="3-cycles (±1σ of forward − backward)",
+                label="3-cycles f→g→h→f")
     if len(F):
         lo, hi = float(min(F.min(), B.min())), float(max(F.max(), B.max()))
         pad = 0.05 * (hi - lo or 1.0)
