@@ -56,7 +56,8 @@ import torch  # noqa: E402
 
 from dbgpu import synthetic as sy  # noqa: E402
 from dbgpu.data import count_weights, read_paper_json  # noqa: E402
-from dbgpu.fit import action, fit_potential, resolve_device  # noqa: E402
+from dbgpu.devices import resolve_device  # noqa: E402
+from dbgpu.fit import action, fit_potential  # noqa: E402
 from paper_fit import paper_fit  # noqa: E402
 
 SIZES = {  # name: (states, recorded transitions, mean degree of the kernel's graph)

@@ -27,12 +27,12 @@ import time
 import numpy as np
 import torch
 
-from dbgpu.formatting import continuation_text, encode, prompt_text
-from dbgpu.jobs import versions
+from dbgpu.formatting import encode_states
+from dbgpu.provenance import versions
 from dbgpu.models import load_model
 from dbgpu.scoring import ScoreStats, score_matrix, score_sequences
 from dbgpu.tasks import get_task
-from dbgpu.tree import trie_lower_bound
+from dbgpu.scoring.trie import trie_lower_bound
 
 # dense bf16 peak of common cards, for model FLOP utilisation
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12}
@@ -93,10 +93,8 @@ def timed(fn, device):
 def bench_n(lm, task, n: int, args, rng) -> list[dict]:
     tok, model, device = lm.tokenizer, lm.model, lm.device
     states = task.seed_states(n)
-    sources = {f: prompt_text(tok, task, f) for f in states}
-    targets = {g: continuation_text(tok, task, g) for g in states}
-    P = [encode(tok, sources[f]) for f in states]
-    C = [encode(tok, targets[g]) for g in states]
+    enc = encode_states(tok, task, states)
+    P, C = enc.prompt_ids, enc.cont_ids
     pad = tok.pad_token_id
     all_pairs = n * n
     bound = trie_lower_bound(P, C)

@@ -4,7 +4,10 @@ Stages, data flowing one way (each one a small module):
 
     models -> tasks -> scoring / sampling -> data -> fit -> stats -> report
 
-with `cli` a thin layer on top. See README.md and SPEC.md.
+with `commands` (one module per CLI command) on top and `cli` a thin layer over them.
+See README.md and SPEC.md.
 """
 
-__version__ = "0.1.0"
+from dbgpu.version import __version__
+
+__all__ = ["__version__"]

@@ -1,6 +1,7 @@
-"""Command line: argument parsing and error reporting only; the work lives in the stages.
+"""Command line: argument parsing and error reporting only; the work lives in `dbgpu.commands`.
 
-Each subcommand is a pair `_add_<name>(subparsers)` / `_cmd_<name>(args)`. Heavy
+Each subcommand is a pair `_add_<name>(subparsers)` / `_cmd_<name>(args)`: the handler
+passes the parsed options to its command's job and prints what the job returns. Heavy
 imports (torch, transformers) happen inside the handlers so that `dbgpu --help` and
 input errors answer at once.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dbgpu import __version__
+from dbgpu.version import __version__
 from dbgpu.errors import DbgpuError
 
 
@@ -57,11 +58,17 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
 
 
 def _task_from(args):
-    from dbgpu.jobs import read_template
-    from dbgpu.tasks import get_task
+    from dbgpu.tasks import get_task, read_template
 
     return get_task(args.task, template=read_template(args.template, task=args.task),
                     answer_prefix=args.answer_prefix)
+
+
+def _scoring_kwargs(args) -> dict:
+    """The model, task and scoring options that score and run share, as job keywords."""
+    return dict(model=args.model, template_path=args.template, temperature=args.temperature,
+                device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, method=args.method,
+                batch_tokens=args.batch_tokens, max_logits=args.max_logits, progress=not args.quiet)
 
 
 def _add_score(sub) -> None:
@@ -80,14 +87,12 @@ def _add_score(sub) -> None:
 
 
 def _cmd_score(args) -> int:
-    from dbgpu.jobs import parse_state_list, read_states_file, score_job
+    from dbgpu.commands.score import score_job
+    from dbgpu.io import parse_state_list, read_states_file
 
     task = _task_from(args)
     states = read_states_file(args.states) if args.states else parse_state_list(args.state_list)
-    meta = score_job(model=args.model, task=task, states=states, out=args.out, template_path=args.template,
-                     temperature=args.temperature, device=args.device, dtype=args.dtype,
-                     cache_dir=args.cache_dir, method=args.method, batch_tokens=args.batch_tokens,
-                     max_logits=args.max_logits, progress=not args.quiet)
+    meta = score_job(task=task, states=states, out=args.out, **_scoring_kwargs(args))
     print(f"scored {meta['n_states']}x{meta['n_states']} pairs in {meta['seconds']:.1f} s "
           f"({meta['tokens']} tokens) -> {args.out}")
     return 0
@@ -107,39 +112,9 @@ def _add_run(sub) -> None:
 
 
 def _cmd_run(args) -> int:
-    import numpy as np
+    from dbgpu.commands.run import run_job
 
-    from dbgpu.jobs import kernel_summary, score_job
-
-    if args.n_states < 2:
-        raise DbgpuError(f"--n-states must be at least 2, got {args.n_states}")
-    task = _task_from(args)
-    states = task.seed_states(args.n_states)
-    print(f"dbgpu run: task {task.name}, model {args.model}, {len(states)} states -> {args.out}")
-    meta = score_job(model=args.model, task=task, states=states, out=args.out, template_path=args.template,
-                     temperature=args.temperature, device=args.device, dtype=args.dtype,
-                     cache_dir=args.cache_dir, method=args.method, batch_tokens=args.batch_tokens,
-                     max_logits=args.max_logits, progress=not args.quiet)
-    print(f"model {meta['model']} on {meta['device']} ({meta['dtype']}), loaded in {meta['load_seconds']:.1f} s"
-          f"{' from cache' if meta['loaded_from_cache'] else ''}; scored {len(states) ** 2} pairs in "
-          f"{meta['seconds']:.1f} s ({meta['tokens']} tokens)")
-    from pathlib import Path
-
-    from dbgpu.analysis import fit_input
-    from dbgpu.io import read_json
-    from dbgpu.jobs import analysis_summary
-    from dbgpu.report import write_report
-
-    out = Path(args.out)
-    print()
-    print(kernel_summary(states, np.load(out / "logT.npy")))
-    stats = fit_input(out, out, device="cpu" if args.device == "cpu" else "auto")
-    report = write_report(out)
-    print()
-    print(analysis_summary(stats, read_json(out / "potential.json")))
-    print()
-    print(f"report: {report}")
-    print(f"files in {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
+    run_job(task=_task_from(args), n_states=args.n_states, out=args.out, **_scoring_kwargs(args))
     return 0
 
 
@@ -171,7 +146,8 @@ def _add_fit(sub) -> None:
 def _cmd_fit(args) -> int:
     import warnings
 
-    from dbgpu.analysis import fit_input
+    from dbgpu.commands.fit import fit_input
+    from dbgpu.console import fmt
 
     if args.threads < 0:
         raise DbgpuError(f"--threads must be >= 0, got {args.threads}")
@@ -188,14 +164,10 @@ def _cmd_fit(args) -> int:
     pw, comp = stats["pairwise"], stats["components"]
     print(f"{stats['n_states']} states, {stats['n_edges']} edges; main component "
           f"{comp['main_size']} states ({comp['count']} components); action "
-          f"{stats['action']:.6g}; pairwise r {_fmt(pw['r'])}, slope {_fmt(pw['slope'])}; "
-          f"Hodge gradient fraction {_fmt(stats['hodge']['gradient_fraction'])}")
+          f"{stats['action']:.6g}; pairwise r {fmt(pw['r'])}, slope {fmt(pw['slope'])}; "
+          f"Hodge gradient fraction {fmt(stats['hodge']['gradient_fraction'])}")
     print(f"wrote {args.out}/potential.json, stats.json, fit_points.npz")
     return 0
-
-
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
 
 
 def _add_report(sub) -> None:
@@ -207,9 +179,9 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args) -> int:
-    from dbgpu.report import write_report
+    from dbgpu.commands.report import report_job
 
-    print(f"wrote {write_report(args.dir)}")
+    print(f"wrote {report_job(args.dir)}")
     return 0
 
 
@@ -239,8 +211,9 @@ def _add_compare(sub) -> None:
 
 
 def _cmd_compare(args) -> int:
-    from dbgpu.compare import compare_job
-    from dbgpu.jobs import parse_state_list, read_states_file
+    from dbgpu.commands.compare import compare_job
+    from dbgpu.console import fmt
+    from dbgpu.io import parse_state_list, read_states_file
     from dbgpu.tasks import get_task
 
     models = parse_state_list(args.models)
@@ -260,14 +233,14 @@ def _cmd_compare(args) -> int:
                          progress=not args.quiet)
     for r in result["pairs"]:
         print(f"{r['a']}  vs  {r['b']}: {r['shared_bounded']} shared bounded states, Pearson V "
-              f"{_fmt(r['pearson_V'])}, Spearman V {_fmt(r['spearman_V'])}, slope {_fmt(r['slope_V'])}, "
-              f"log-ratio r {_fmt(r['pearson_logratio'])}")
+              f"{fmt(r['pearson_V'])}, Spearman V {fmt(r['spearman_V'])}, slope {fmt(r['slope_V'])}, "
+              f"log-ratio r {fmt(r['pearson_logratio'])}")
     print(f"wrote {args.out}/compare.md, compare.csv, runs.csv, compare.json, potentials.png, db_index.png")
     return 0
 
 
 def _add_explore(sub) -> None:
-    from dbgpu.explore import DEFAULT_BATCH, DEFAULT_MAX_NEW_TOKENS, PROTOCOLS
+    from dbgpu.explore import DEFAULT_BATCH, DEFAULT_MAX_NEW_TOKENS, PROTOCOLS  # no torch: cheap
 
     p = sub.add_parser("explore", help="sample the agent: discover states, log every transition",
                        description="Run K steps of B sampled queries each and append one JSON line per "
@@ -290,7 +263,7 @@ def _add_explore(sub) -> None:
 
 
 def _cmd_explore(args) -> int:
-    from dbgpu.explore import explore_job, summary_text
+    from dbgpu.commands.explore import explore_job, summary_text
 
     task = _task_from(args)
     res = explore_job(model=args.model, task=task, steps=args.steps, out=args.out, protocol=args.protocol,
@@ -316,21 +289,13 @@ def _add_states(sub) -> None:
 def _cmd_states(args) -> int:
     import json
 
-    from dbgpu.explore import states_job
-    from dbgpu.io import write_json_atomic
+    from dbgpu.commands.states import states_job, write_states
 
     states = [s for s, _ in states_job(args.dir, min_count=args.min_count)]
     if args.out is None:
         print(json.dumps(states, ensure_ascii=False))
         return 0
-    from pathlib import Path
-
-    if not Path(args.out).absolute().parent.is_dir():
-        raise DbgpuError(f"cannot write {args.out}: its directory does not exist")
-    try:
-        write_json_atomic(args.out, states)
-    except OSError as e:
-        raise DbgpuError(f"cannot write {args.out}: {e.strerror or e}") from None
+    write_states(states, args.out)
     print(f"{len(states)} states -> {args.out}")
     return 0
 

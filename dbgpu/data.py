@@ -7,7 +7,7 @@ Two kinds of input, each read into a small frozen record of plain numpy values:
   their counts `N(f->g)`, and per-source visits `n_f` (every query from `f`,
   self-transitions and invalid answers included).
 - `Kernel` (exact): a `dbgpu score` directory, `states.json` + `logT.npy`
-  (row = source f, column = target g).
+  (row = source f, column = target g); `write_score_dir` writes that format.
 
 The weight functions turn either into `Edges`, the weighted directed graph that the fit
 and the statistics consume (self-transitions never appear in it):
@@ -43,15 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dbgpu.errors import DbgpuError
-from dbgpu.io import read_json
+from dbgpu.errors import DbgpuError, DbgpuWarning
+from dbgpu.io import ensure_out_dir, read_json, write_json_atomic, write_npy_atomic
 
 #: the paper's total number of queries, which sets `N0 = 20000 / n_states` in high_reject
 PAPER_QUERIES = 20000
-
-
-class DbgpuWarning(UserWarning):
-    """Something the user should know about the input that does not stop the analysis."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +240,20 @@ def read_score_dir(path: str | os.PathLike) -> Kernel:
     if np.isnan(logT).any() or np.isposinf(logT).any():
         raise DbgpuError(f"{f} contains NaN or +inf")
     return Kernel(states=list(states), logT=logT)
+
+
+def write_score_dir(path: str | os.PathLike, states: list[str], logT: np.ndarray, *,
+                    prompts: dict | None = None, meta: dict | None = None) -> Path:
+    """The `dbgpu score` contract: states.json, logT.npy, then prompts.json and meta.json
+    when given (meta.json last), each file written atomically."""
+    out = ensure_out_dir(path)
+    write_json_atomic(out / "states.json", list(states))
+    write_npy_atomic(out / "logT.npy", np.asarray(logT, dtype=np.float64))
+    if prompts is not None:
+        write_json_atomic(out / "prompts.json", prompts)
+    if meta is not None:
+        write_json_atomic(out / "meta.json", meta)
+    return out
 
 
 def read_input(path: str | os.PathLike) -> Transitions | Kernel:

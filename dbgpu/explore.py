@@ -47,11 +47,8 @@ or duplicated. A malformed line anywhere else is an error, never repaired.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from dbgpu.errors import DbgpuError
-from dbgpu.io import check_out_dir, ensure_out_dir, read_json, write_json_atomic
+from dbgpu.io import read_json
 from dbgpu.tasks import Task
 
 PROTOCOLS = ("paper", "walk")
@@ -216,7 +213,8 @@ def model_answerer(lm, task: Task, *, temperature: float, max_new_tokens: int):
     """
     import torch
 
-    from dbgpu.formatting import encode, prompt_text, stop_token_ids
+    from dbgpu.formatting import prompt_ids as encode_prompt
+    from dbgpu.formatting import stop_token_ids
     from dbgpu.sampling import sample_answers
 
     tok = lm.tokenizer
@@ -229,7 +227,7 @@ def model_answerer(lm, task: Task, *, temperature: float, max_new_tokens: int):
     def answer(sources: list[str], sample_seed: int) -> Answers:
         for f in sources:
             if f not in prompt_ids:
-                prompt_ids[f] = encode(tok, prompt_text(tok, task, f))
+                prompt_ids[f] = encode_prompt(tok, task, f)
         gen = torch.Generator(device=lm.device).manual_seed(sample_seed)
         samples = sample_answers(lm.model, [prompt_ids[f] for f in sources], temperature=temperature,
                                  max_new_tokens=max_new_tokens, stop_ids=stop_ids,
@@ -369,157 +367,7 @@ def check_start(task: Task, start: str | None) -> str:
     return s
 
 
-# --------------------------------------------------------------------------- summary
-
-
-@dataclass
-class Tally:
-    """Counts over one call, for the end-of-run summary."""
-
-    invalid_state: str | None
-    answers: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-    why: Counter = field(default_factory=Counter)
-    invalid: int = 0
-    self_loops: int = 0             # accepted transitions f -> f (INVALID00 -> INVALID00)
-    new_states: list[str] = field(default_factory=list)
-
-    def add(self, step: Step, new: list[str]) -> None:
-        self.answers += len(step.records)
-        self.tokens += step.tokens
-        self.why.update(w for w in step.why if w is not None)
-        self.invalid += sum(r["target"] is not None and r["target"] == self.invalid_state for r in step.records)
-        self.self_loops += sum(r["target"] == r["source"] for r in step.records)
-        self.new_states += new
-
-    def as_dict(self) -> dict:
-        n = max(self.answers, 1)
-        rejected = sum(self.why.values())
-        return {
-            "answers": self.answers,
-            "rejected": rejected / n,
-            "rejected_truncated": self.why["truncated"] / n,
-            "rejected_not_parsed": self.why["not_parsed"] / n,
-            "rejected_same_as_source": self.why["same_as_source"] / n,
-            "invalid": self.invalid / n,
-            "self_transitions": (self.why["same_as_source"] + self.self_loops) / n,
-            "new_states": len(self.new_states),
-            "new_state_fraction": len(self.new_states) / n,
-            "seconds": self.seconds,
-            "answers_per_second": self.answers / self.seconds if self.seconds else None,
-            "tokens_per_second": self.tokens / self.seconds if self.seconds else None,
-            "generated_tokens": self.tokens,
-        }
-
-
-def summary_text(s: dict, *, steps: tuple[int, int], n_discovered: int, path: Path) -> str:
-    """The end-of-call report, a few lines."""
-    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-    rate = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
-    return "\n".join([
-        f"steps {steps[0]}..{steps[1] - 1}: {s['answers']} answers in {s['seconds']:.1f} s, "
-        f"{rate(s['answers_per_second'])} answers/s, {rate(s['tokens_per_second'])} generated tokens/s",
-        f"rejected {pct(s['rejected'])} (truncated {pct(s['rejected_truncated'])}, "
-        f"not a state {pct(s['rejected_not_parsed'])}, same as source {pct(s['rejected_same_as_source'])})",
-        f"invalid {pct(s['invalid'])}; self-transitions {pct(s['self_transitions'])} "
-        f"(same-as-source answers included); new states {s['new_states']} ({pct(s['new_state_fraction'])})",
-        f"{n_discovered} states discovered in all -> {path}",
-    ])
-
-
-# --------------------------------------------------------------------------- the job
-
-
-def check_options(*, steps: int, batch: int, protocol: str, temperature: float, max_new_tokens: int,
-                  seed: int) -> None:
-    if steps < 1:
-        raise DbgpuError(f"--steps must be at least 1, got {steps}")
-    if batch < 1:
-        raise DbgpuError(f"--batch must be at least 1, got {batch}")
-    if protocol not in PROTOCOLS:
-        raise DbgpuError(f"unknown protocol {protocol!r} (known: {', '.join(PROTOCOLS)})")
-    if not temperature > 0:
-        raise DbgpuError(f"temperature must be positive, got {temperature}")
-    if max_new_tokens < 1:
-        raise DbgpuError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
-    if seed < 0:
-        raise DbgpuError(f"--seed must be non-negative, got {seed}")
-
-
-def _progress(*, total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="exploring", unit="answer", disable=None if enabled else True,
-                dynamic_ncols=True, leave=False)
-
-
-def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol: str = "paper",
-                batch: int = DEFAULT_BATCH, start: str | None = None,
-                temperature: float = DEFAULT_TEMPERATURE, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                seed: int = 0, device="auto", dtype="auto", cache_dir=None, progress: bool = True,
-                lm=None) -> dict:
-    """Run `steps` steps of `batch` queries, appending to out/transitions.jsonl (continuing
-    a run already there). Returns this call's record: steps done, summary, discovered states."""
-    from dbgpu.jobs import versions
-
-    # Everything that can be wrong with the input is checked before anything is written.
-    check_options(steps=steps, batch=batch, protocol=protocol, temperature=temperature,
-                  max_new_tokens=max_new_tokens, seed=seed)
-    start = check_start(task, start)
-    out = check_out_dir(out)
-    settings = run_settings(model=model, task=task, protocol=protocol, batch=batch, start=start,
-                            temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    doc = read_settings(out)
-    if doc is not None:
-        check_same_settings(doc["settings"], settings, path=out / SETTINGS_NAME)
-    log = out / LOG_NAME
-    scan = scan_log(log, batch=batch)
-    if lm is None:
-        from dbgpu.models import load_model
-
-        lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
-
-    ensure_out_dir(out)
-    if scan.needs_repair:
-        print(f"dbgpu explore: repaired {log}: cut {repair_log(log, scan)}; "
-              f"running step {scan.next_step} again", file=sys.stderr)
-    if doc is None:
-        doc = {"settings": settings, "created": _now(), "calls": []}
-        write_json_atomic(out / SETTINGS_NAME, doc)
-
-    frontier = Frontier(start=start, batch=batch, invalid_state=task.invalid_state)
-    frontier.absorb(scan.records)
-    first = scan.next_step
-    answer = model_answerer(lm, task, temperature=temperature, max_new_tokens=max_new_tokens)
-    tally = Tally(invalid_state=task.invalid_state)
-    call = {"first_step": first, "steps": 0, "device": str(lm.device),
-            "dtype": str(lm.dtype).removeprefix("torch."), "started": _now(), "versions": versions()}
-    bar = _progress(total=steps * batch, enabled=progress)
-    t0 = time.perf_counter()
-    try:
-        with open(log, "ab") as f:
-            for result, new in run_steps(task, frontier, protocol=protocol, seed=seed,
-                                         steps=range(first, first + steps), answer=answer):
-                append_records(f, result.records)
-                tally.add(result, new)
-                call["steps"] += 1
-                bar.update(batch)
-                bar.set_postfix(states=len(frontier.discovered), refresh=False)
-    finally:
-        bar.close()
-        tally.seconds = time.perf_counter() - t0
-        call["summary"] = tally.as_dict()
-        doc["calls"].append(call)
-        write_json_atomic(out / SETTINGS_NAME, doc)
-    return {**call, "discovered": list(frontier.discovered), "log": str(log)}
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-# --------------------------------------------------------------------------- dbgpu states
+# --------------------------------------------------------------------------- reading a run
 
 
 def read_run(path: str | Path) -> tuple[dict, list[dict]]:
@@ -548,15 +396,3 @@ def visited_states(records: list[dict], *, start: str, task: Task, min_count: in
     return [(s, counts[s]) for s in ranked if counts[s] >= min_count]
 
 
-def states_job(path: str | Path, *, min_count: int = 0) -> list[tuple[str, int]]:
-    from dbgpu.tasks import get_task
-
-    if min_count < 0:
-        raise DbgpuError(f"--min-count must be non-negative, got {min_count}")
-    settings, records = read_run(path)
-    task = get_task(settings.get("task", ""))
-    found = visited_states(records, start=settings.get("start", task.start_state), task=task,
-                           min_count=min_count)
-    if not found:
-        raise DbgpuError(f"no state of {path} was answered at least {min_count} times")
-    return found

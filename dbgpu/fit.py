@@ -26,9 +26,11 @@ node's gradient is below `tol` times its total incident weight. Also
 `method="lbfgs"`: torch L-BFGS with strong-Wolfe line search, on the same diagonally
 rescaled variables (kept for comparison; see benchmarks/bench_fit.py).
 
-Determinism: node sums over edges never use atomics. On CPU they are `index_add_`
-(a serial loop in edge order); on CUDA `torch.segment_reduce` over edge orders fixed in
-advance. A run on the same device and inputs is bit-for-bit repeatable.
+Determinism: node sums over edges never use atomics (`dbgpu.graph`), so a run on the
+same device and inputs is bit-for-bit repeatable.
+
+Cost: O(E) memory; each Newton step is one CG solve of O(E) per iteration (the 1M-state
+/ 10M-edge benchmark converges in tens of steps).
 """
 
 from __future__ import annotations
@@ -38,12 +40,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import breadth_first_order, connected_components
-
 import torch
 
+from dbgpu.devices import resolve_device
 from dbgpu.errors import DbgpuError
+from dbgpu.graph import (Components, Incidence, center, divergence, edge_diff, in_sum, incidence, out_sum, pcg,
+                         prepare, strong_components)
 
 # --------------------------------------------------------------------------- K and friends
 
@@ -51,58 +53,6 @@ from dbgpu.errors import DbgpuError
 def K(x: torch.Tensor) -> torch.Tensor:
     """K(x) = log(1 + exp(-x)), stable for any x."""
     return torch.clamp(-x, min=0) + torch.log1p(torch.exp(-x.abs()))
-
-
-# --------------------------------------------------------------------------- graph sums
-
-
-@dataclass(frozen=True)
-class Incidence:
-    """Edges on a device, with the fixed orders that make node sums deterministic."""
-
-    n: int
-    src: torch.Tensor        # (E,) int64, non-decreasing
-    dst: torch.Tensor        # (E,) int64
-    out_len: torch.Tensor    # (n,) edges leaving each node (segments of the src order)
-    in_perm: torch.Tensor    # (E,) edge order sorted by dst
-    in_len: torch.Tensor     # (n,) edges entering each node
-
-
-def incidence(n: int, src: np.ndarray, dst: np.ndarray, device: str | torch.device) -> Incidence:
-    """Build an `Incidence`; `src` must be sorted (non-decreasing)."""
-    src = np.asarray(src, dtype=np.int64)
-    dst = np.asarray(dst, dtype=np.int64)
-    if len(src) and np.any(np.diff(src) < 0):
-        raise ValueError("incidence: edges must be sorted by source")
-    in_perm = np.argsort(dst, kind="stable")
-    as_t = lambda a: torch.as_tensor(a, dtype=torch.int64, device=device)  # noqa: E731
-    return Incidence(n=n, src=as_t(src), dst=as_t(dst),
-                     out_len=as_t(np.bincount(src, minlength=n)), in_perm=as_t(in_perm),
-                     in_len=as_t(np.bincount(dst, minlength=n)))
-
-
-def out_sum(inc: Incidence, y: torch.Tensor) -> torch.Tensor:
-    """(n,) sum of edge values y (E,) over each node's out-edges."""
-    if y.is_cuda:
-        return torch.segment_reduce(y, "sum", lengths=inc.out_len)
-    return torch.zeros(inc.n, dtype=y.dtype).index_add_(0, inc.src, y)
-
-
-def in_sum(inc: Incidence, y: torch.Tensor) -> torch.Tensor:
-    """(n,) sum of edge values y (E,) over each node's in-edges."""
-    if y.is_cuda:
-        return torch.segment_reduce(y[inc.in_perm], "sum", lengths=inc.in_len)
-    return torch.zeros(inc.n, dtype=y.dtype).index_add_(0, inc.dst, y)
-
-
-def divergence(inc: Incidence, y: torch.Tensor) -> torch.Tensor:
-    """(n,) B y for the incidence matrix B (+1 at the source, -1 at the target)."""
-    return out_sum(inc, y) - in_sum(inc, y)
-
-
-def edge_diff(inc: Incidence, v: torch.Tensor) -> torch.Tensor:
-    """(E,) B^T v = v[src] - v[dst]."""
-    return torch.index_select(v, 0, inc.src) - torch.index_select(v, 0, inc.dst)
 
 
 # --------------------------------------------------------------------------- action
@@ -157,81 +107,7 @@ def hessian_vector(V, v, src, dst, w, *, n_src: int | None = None) -> np.ndarray
     return hv.numpy() / m
 
 
-# --------------------------------------------------------------------------- components
-
-
-@dataclass(frozen=True)
-class Components:
-    """Strongly connected components of the positive-weight graph."""
-
-    label: np.ndarray      # (N,) int64 component of each state; 0 = main (largest)
-    size: np.ndarray       # (C,) int64, non-increasing
-    position: np.ndarray   # (C,) str: "main", "above" (reaches main: potential +inf
-                           # relative to it), "below" (reached from main: -inf), "unrelated"
-
-
-def strong_components(n: int, src: np.ndarray, dst: np.ndarray) -> Components:
-    """SCCs numbered by decreasing size, ties by their first state; position vs. the main."""
-    adj = sp.csr_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
-    n_comp, raw = connected_components(adj, directed=True, connection="strong")
-    size = np.bincount(raw, minlength=n_comp)
-    first = np.full(n_comp, n, dtype=np.int64)
-    np.minimum.at(first, raw, np.arange(n))
-    order = np.lexsort((first, -size))                           # new id -> raw id
-    relabel = np.empty(n_comp, np.int64)
-    relabel[order] = np.arange(n_comp)
-    label = relabel[raw]                                         # (N,)
-    cross = label[src] != label[dst]
-    cadj = sp.csr_matrix((np.ones(int(cross.sum()), np.int8), (label[src][cross], label[dst][cross])),
-                         shape=(n_comp, n_comp))
-    below = breadth_first_order(cadj, 0, directed=True, return_predecessors=False)
-    above = breadth_first_order(cadj.T.tocsr(), 0, directed=True, return_predecessors=False)
-    position = np.full(n_comp, "unrelated", dtype="<U9")
-    position[below] = "below"
-    position[above] = "above"
-    position[0] = "main"
-    return Components(label=label, size=size[order].astype(np.int64), position=position)
-
-
 # --------------------------------------------------------------------------- optimisers
-
-
-def _center(v: torch.Tensor, piece_len: torch.Tensor) -> torch.Tensor:
-    """v minus its mean over each piece (pieces = contiguous node ranges)."""
-    mean = torch.segment_reduce(v, "sum", lengths=piece_len) / piece_len
-    return v - torch.repeat_interleave(mean, piece_len)
-
-
-def _pcg(matvec, b: torch.Tensor, diag: torch.Tensor, piece_len: torch.Tensor, *, rtol: float,
-         maxiter: int):
-    """Jacobi-preconditioned conjugate gradients for a Laplacian system L x = b.
-
-    b is first projected onto the range of L (zero sum on each connected piece): the
-    rounding left in a tiny gradient would otherwise stall CG in the null space.
-    """
-    b = _center(b, piece_len)
-    x = torch.zeros_like(b)
-    r = b.clone()
-    z = r / diag
-    p = z.clone()
-    rz = (r * z).sum()
-    stop = rtol * torch.linalg.vector_norm(b)
-    k = 0
-    for k in range(1, maxiter + 1):
-        Ap = matvec(p)
-        pAp = (p * Ap).sum()
-        if pAp <= 0:
-            break
-        alpha = rz / pAp
-        x = x + alpha * p
-        r = r - alpha * Ap
-        if torch.linalg.vector_norm(r) <= stop:
-            break
-        z = r / diag
-        rz_new = (r * z).sum()
-        p = z + (rz_new / rz) * p
-        rz = rz_new
-    return x, k
 
 
 def _newton(inc, w, offset, deg, piece_len, *, tol, max_iter, max_cg):
@@ -257,8 +133,8 @@ def _newton(inc, w, offset, deg, piece_len, *, tol, max_iter, max_cg):
         ce = c + (0.25 * lam) * w if lam else c                   # (E,) damped curvatures
         diag = (out_sum(inc, ce) + in_sum(inc, ce)).clamp_min(tiny)
         eta = min(0.5, math.sqrt(gmax))                           # forcing term
-        p, k = _pcg(lambda v: divergence(inc, ce * edge_diff(inc, v)), -g, diag, piece_len,
-                    rtol=eta, maxiter=max_cg)
+        p, k = pcg(lambda v: divergence(inc, ce * edge_diff(inc, v)), -g, diag, piece_len,
+                   rtol=eta, maxiter=max_cg)
         cg_total += k
         dp = edge_diff(inc, p)                                    # (E,)
         pred = -((g * p).sum() + 0.5 * (c * dp * dp).sum()).item()  # model decrease
@@ -298,60 +174,13 @@ def _lbfgs(inc, w, offset, deg, *, tol, max_iter):
     return V, f.item(), n_iter, (g.abs() / deg).max().item(), 0
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without CUDA is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DbgpuError("--device cuda: no CUDA device is available")
-        return torch.device(device)
-    raise DbgpuError(f"unknown device {device!r} (expected auto, cpu or cuda)")
-
-
-def _prepare(n: int, src, dst, dev):
-    """Number the nodes piece by piece (weakly connected pieces become contiguous
-    ranges) and sort the edges by source. Returns (incidence, piece lengths (P,),
-    new index of each old node (n,), edge order (E,))."""
-    src0 = np.asarray(src, np.int64)
-    dst0 = np.asarray(dst, np.int64)
-    _, piece = connected_components(sp.csr_matrix((np.ones(len(src0)), (src0, dst0)), shape=(n, n)),
-                                    directed=True, connection="weak")
-    perm = np.argsort(piece, kind="stable")                        # new -> old node
-    new = np.empty(n, np.int64)
-    new[perm] = np.arange(n)
-    src1, dst1 = new[src0], new[dst0]
-    order = np.lexsort((dst1, src1))                               # (E,) sort by source
-    inc = incidence(n, src1[order], dst1[order], dev)
-    piece_len = torch.as_tensor(np.bincount(piece), dtype=torch.int64, device=dev)
-    return inc, piece_len, new, order
-
-
-def laplacian_solve(n: int, src, dst, c, b, *, device="cpu", rtol: float = 1e-12,
-                    maxiter: int | None = None) -> np.ndarray:
-    """x (n,) with L(c) x = b, L(c) = B diag(c) B^T the Laplacian of the edges (src, dst)
-    with weights c > 0; b is projected onto the range (zero sum per connected piece)
-    and x has zero mean per piece. Jacobi-preconditioned CG in float64."""
-    dev = resolve_device(device) if isinstance(device, str) else device
-    inc, piece_len, new, order = _prepare(n, src, dst, dev)
-    ct = torch.as_tensor(np.asarray(c, np.float64)[order], device=dev)
-    bt = torch.empty(n, dtype=torch.float64, device=dev)
-    bt[torch.as_tensor(new, device=dev)] = torch.as_tensor(np.asarray(b, np.float64), device=dev)
-    diag = (out_sum(inc, ct) + in_sum(inc, ct)).clamp_min(torch.finfo(torch.float64).tiny)
-    x, _ = _pcg(lambda v: divergence(inc, ct * edge_diff(inc, v)), bt, diag, piece_len,
-                rtol=rtol, maxiter=maxiter or max(1000, 10 * n))
-    return _center(x, piece_len).cpu().numpy()[new]
-
-
 def minimise_action(n: int, src, dst, w, *, offset=None, device="cpu", method="newton",
                     tol=1e-12, max_iter=None):
     """Minimise sum(w K(V_src - V_dst + offset)) on a graph whose weakly connected pieces
     are all strongly connected (bounded problem). Returns (V (n,) numpy, unnormalised
     minimum, info dict). V has zero mean over each weakly connected piece."""
-    dev = resolve_device(device) if isinstance(device, str) else device
-    inc, piece_len, new, order = _prepare(n, src, dst, dev)
+    dev = resolve_device(device)
+    inc, piece_len, new, order = prepare(n, src, dst, dev)
     wt = torch.as_tensor(np.asarray(w, np.float64)[order], device=dev)
     w_scale = wt.mean().item() if len(wt) else 1.0                 # optimise w / mean(w)
     wt = wt / w_scale
@@ -365,7 +194,7 @@ def minimise_action(n: int, src, dst, w, *, offset=None, device="cpu", method="n
         V, f, it, gmax, cg = _lbfgs(inc, wt, off, deg, tol=tol, max_iter=max_iter or 20000)
     else:
         raise DbgpuError(f"unknown fit method {method!r} (expected newton or lbfgs)")
-    V = _center(V, piece_len)                                      # zero mean per piece
+    V = center(V, piece_len)                                      # zero mean per piece
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     Vn = V.cpu().numpy()[new]                                      # back to the caller's order

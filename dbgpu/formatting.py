@@ -2,6 +2,7 @@
 
     prompt_text(tok, task, f)        chat template applied (or plain text), any BOS, answer prefix
     continuation_text(tok, task, g)  render(g) + the end-of-turn / EOS token text
+    encode_states(tok, task, states) both texts and both token id lists for a state set
 
 Each text is tokenized on its own with add_special_tokens=False and the two id lists
 are concatenated (lm-evaluation-harness's convention); log T(f, g) is the sum of the
@@ -9,6 +10,8 @@ continuation's token log-probabilities under that concatenation.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from dbgpu.errors import DbgpuError
 from dbgpu.tasks.base import Task
@@ -67,6 +70,35 @@ def continuation_text(tok, task: Task, g: str) -> str:
 
 def encode(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False).input_ids
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A state set as the model sees it: what `score` writes to prompts.json and scores."""
+
+    states: list[str]
+    sources: dict[str, str]          # f -> prompt text
+    targets: dict[str, str]          # g -> continuation text
+    prompt_ids: list[list[int]]      # (N, *) in state order
+    cont_ids: list[list[int]]        # (N, *) in state order
+
+    @property
+    def prompts_json(self) -> dict:
+        return {"sources": self.sources, "targets": self.targets}
+
+
+def prompt_ids(tok, task: Task, f: str) -> list[int]:
+    """The token ids fed to the model for source state f."""
+    return encode(tok, prompt_text(tok, task, f))
+
+
+def encode_states(tok, task: Task, states: list[str]) -> Encoded:
+    """Prompt and continuation texts and token ids of every state."""
+    sources = {f: prompt_text(tok, task, f) for f in states}
+    targets = {g: continuation_text(tok, task, g) for g in states}
+    return Encoded(states=list(states), sources=sources, targets=targets,
+                   prompt_ids=[encode(tok, sources[f]) for f in states],
+                   cont_ids=[encode(tok, targets[g]) for g in states])
 
 
 def stop_token_ids(tok, model=None) -> list[int]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from dbgpu.devices import resolve_device, resolve_dtype
 from dbgpu.errors import DbgpuError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -88,33 +89,6 @@ def default_cache_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_cache_dir("dbgpu"))
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DbgpuError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DbgpuError("device cuda requested but torch sees no CUDA GPU")
-    return dev
-
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """bf16 on CUDA, fp32 on CPU, unless the user names one."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise DbgpuError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
-    return _DTYPES[dtype]
 
 
 def _package_dir(module: str) -> Path | None:

@@ -9,6 +9,10 @@ Reads `potential.json`, `stats.json` and `fit_points.npz`; writes
 - `graph.{png,pdf}`: the lowest-potential states at height V, their strongest edges;
 - `report.md`, embedding the PNGs with the headline numbers.
 
+and, for `dbgpu compare`, `potentials.{png,pdf}` (scatter matrix of the runs'
+potentials), `db_index.{png,pdf}` (each run's detailed-balance indices) and the text of
+`compare.md`.
+
 Matplotlib's object API (Figure + Agg canvas) is used directly, so no pyplot state or
 backend is touched.
 """
@@ -21,14 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dbgpu.comparison import shared_potentials
+from dbgpu.console import fmt
 from dbgpu.errors import DbgpuError
 from dbgpu.io import read_json, write_bytes_atomic, write_text_atomic
 
 FIGURES = ("db_scatter", "loops", "potential_hist", "graph")
-
-
-def _fmt(x, spec=".4g") -> str:
-    return "n/a" if x is None else format(x, spec)
 
 
 def _label(s: str, n: int = 18) -> str:
@@ -94,10 +96,10 @@ def plot_scatter(pts, stats, out: Path) -> None:
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
         ax.legend(loc="lower right", fontsize=8)
-        err = (f"χ²/ndf = {_fmt(pw['chi2_ndf'])} ({pw['ndf']} ndf)" if pw["chi2_ndf"] is not None
-               else f"RMS residual = {_fmt(pw['rms_residual'])}")
+        err = (f"χ²/ndf = {fmt(pw['chi2_ndf'])} ({pw['ndf']} ndf)" if pw["chi2_ndf"] is not None
+               else f"RMS residual = {fmt(pw['rms_residual'])}")
         shown = "" if len(x) == pw["n_pairs"] else f" ({len(x)} drawn)"
-        _note(ax, f"{pw['n_pairs']} pairs{shown}\nr = {_fmt(pw['r'], '.5f')}\n{err}")
+        _note(ax, f"{pw['n_pairs']} pairs{shown}\nr = {fmt(pw['r'], '.5f')}\n{err}")
     ax.set_xlabel("V(f) − V(g)")
     ax.set_ylabel("log w(f→g) / w(g→f)")
     ax.set_title("Detailed balance: log-ratio against potential difference")
@@ -120,8 +122,8 @@ def plot_loops(pts, stats, out: Path) -> None:
         t = np.array([lo - pad, hi + pad])
         ax.plot(t, t, color="C3", lw=1.2, label="Kolmogorov: forward = backward")
         ax.legend(loc="lower right", fontsize=8)
-        err = (f"χ²/ndf = {_fmt(lp['chi2_ndf'])}" if lp["chi2_ndf"] is not None
-               else f"RMS(forward − backward) = {_fmt(lp['rms'])}")
+        err = (f"χ²/ndf = {fmt(lp['chi2_ndf'])}" if lp["chi2_ndf"] is not None
+               else f"RMS(forward − backward) = {fmt(lp['rms'])}")
         shown = "" if len(F) == lp["count"] else f" ({len(F)} drawn)"
         _note(ax, f"{lp['count']} loops{shown}\n{err}")
     ax.set_xlabel("backward Σ log w  (f→h→g→f)")
@@ -216,24 +218,24 @@ def _report_md(stats, potential, V_sorted) -> str:
                            f"below {comp['by_position']['below']['states']}, unrelated "
                            f"{comp['by_position']['unrelated']['states']}, dropped "
                            f"{comp['by_position']['dropped']['states']})"),
-        ("action (infimum)", _fmt(stats["action"], ".8g")),
+        ("action (infimum)", fmt(stats["action"], ".8g")),
         ("fit", f"{fit['method']} on {fit['device']}, {fit['iterations']} iterations, "
                 f"{'converged' if fit['converged'] else 'NOT converged'}, {fit['seconds']:.3g} s"),
-        ("pairwise r", f"{_fmt(pw['r'], '.5f')} ({pw['n_pairs']} pairs)"),
-        ("slope β", _fmt(pw["slope"])),
+        ("pairwise r", f"{fmt(pw['r'], '.5f')} ({pw['n_pairs']} pairs)"),
+        ("slope β", fmt(pw["slope"])),
         ("pairwise χ²/ndf" if pw["chi2_ndf"] is not None else "pairwise RMS residual",
-         f"{_fmt(pw['chi2_ndf'])} ({pw['ndf']} ndf)" if pw["chi2_ndf"] is not None
-         else _fmt(pw["rms_residual"])),
-        ("3-cycles", f"{lp['count']}, " + (f"χ²/ndf {_fmt(lp['chi2_ndf'])}" if lp["chi2_ndf"] is not None
-                                           else f"RMS {_fmt(lp['rms'])}")),
-        ("Hodge gradient fraction", f"{_fmt(hd['gradient_fraction'], '.6f')} "
+         f"{fmt(pw['chi2_ndf'])} ({pw['ndf']} ndf)" if pw["chi2_ndf"] is not None
+         else fmt(pw["rms_residual"])),
+        ("3-cycles", f"{lp['count']}, " + (f"χ²/ndf {fmt(lp['chi2_ndf'])}" if lp["chi2_ndf"] is not None
+                                           else f"RMS {fmt(lp['rms'])}")),
+        ("Hodge gradient fraction", f"{fmt(hd['gradient_fraction'], '.6f')} "
                                     f"(cycle rank {hd['cycle_rank']})"),
-        ("entropy production", f"{_fmt(ep['entropy_production'])} nats/jump "
-                               f"(one-way flux {_fmt(ep['one_way_flux_fraction'], '.3g')})"),
+        ("entropy production", f"{fmt(ep['entropy_production'])} nats/jump "
+                               f"(one-way flux {fmt(ep['one_way_flux_fraction'], '.3g')})"),
     ]
     if rev:
-        rows.append(("reversibility G²", f"{_fmt(rev['G2'])}, dof {rev['dof']}, "
-                                          f"p = {_fmt(rev['p_value'], '.3g')}"))
+        rows.append(("reversibility G²", f"{fmt(rev['G2'])}, dof {rev['dof']}, "
+                                          f"p = {fmt(rev['p_value'], '.3g')}"))
     lines = ["# dbgpu fit report", "", "| quantity | value |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
     lines += ["", "## Detailed balance", "", "![detailed balance scatter](db_scatter.png)", "",
@@ -280,3 +282,74 @@ def write_report(dir: str | os.PathLike) -> Path:
     path = out / "report.md"
     write_text_atomic(path, _report_md(stats, potential, V_sorted))
     return path
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def plot_potentials(runs: list[dict], out: Path) -> None:
+    """Scatter matrix: V of run i against V of run j on their shared bounded states."""
+    k = len(runs)
+    fig = new_figure(figsize=(2.6 * k + 0.6, 2.6 * k + 0.4))
+    axes = fig.subplots(k, k, squeeze=False)
+    for i, a in enumerate(runs):
+        for j, b in enumerate(runs):
+            ax = axes[i][j]
+            if i == j:
+                v = np.array([x for x in a["potential"].values() if x is not None])
+                ax.hist(v, bins=min(20, max(3, len(v) // 2)), color="0.6")
+            else:
+                _, va, vb = shared_potentials(b["potential"], a["potential"])
+                ax.scatter(va, vb, s=10, alpha=0.75, lw=0)
+                if len(va) >= 3 and va.std() > 0 and vb.std() > 0:
+                    r = np.corrcoef(va, vb)[0, 1]
+                    ax.text(0.04, 0.94, f"r = {r:.3f}\nn = {len(va)}", transform=ax.transAxes, va="top",
+                            fontsize=8)
+            ax.tick_params(labelsize=7)
+            if i == k - 1:
+                ax.set_xlabel(runs[j]["label"], fontsize=8)
+            if j == 0:
+                ax.set_ylabel(runs[i]["label"], fontsize=8)
+    fig.suptitle("potentials on shared bounded states (row: y, column: x)", fontsize=10)
+    save_figure(fig, out, "potentials")
+
+
+def plot_db_index(summaries: list[dict], out: Path) -> None:
+    fig = new_figure(figsize=(max(4.5, 1.3 * len(summaries) + 2), 3.8))
+    ax = fig.add_subplot()
+    x = np.arange(len(summaries))
+    ax.bar(x - 0.2, [s["hodge_gradient_fraction"] or 0 for s in summaries], 0.4, label="Hodge gradient fraction")
+    ax.bar(x + 0.2, [s["pairwise_r"] or 0 for s in summaries], 0.4, label="pairwise r")
+    ax.set_xticks(x, [s["label"] for s in summaries], rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.axhline(1, color="0.5", ls=":", lw=1)
+    ax.set_ylabel("index (1 = detailed balance)")
+    ax.legend(fontsize=8, loc="lower right")
+    save_figure(fig, out, "db_index")
+
+
+def compare_markdown(summaries: list[dict], rows: list[dict]) -> str:
+    lines = ["# dbgpu compare", "", "## Runs", "",
+             "| run | bounded | Hodge gradient fraction | pairwise r | beta | loops RMS | mean coverage | "
+             "mean self | score s | pairs/s | device |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(f"| {s['label']} | {s['bounded']}/{s['n_states']} | "
+                     f"{fmt(s['hodge_gradient_fraction'], '.3f')} | "
+                     f"{fmt(s['pairwise_r'], '.3f')} | {fmt(s['beta'], '.3f')} | {fmt(s['loops_rms'], '.3f')} | "
+                     f"{fmt(s['mean_coverage'], '.2e')} | {fmt(s['mean_self'], '.2e')} | "
+                     f"{fmt(s['score_seconds'], '.1f')}{' (reused)' if s['reused'] else ''} | "
+                     f"{fmt(s['pairs_per_second'], '.1f')} | {s['device']} {s['dtype']} |")
+    lines += ["", "## Pairs of runs", "",
+              "Potentials compared on the states bounded in both (each re-centred); slope = least-squares "
+              "slope of V_b on V_a (the ratio beta_b / beta_a if the potentials agree up to scale); "
+              "log-ratio agreement over every pair of shared states.", "",
+              "| run a | run b | shared bounded | Pearson V | Spearman V | slope | Pearson log-ratio | "
+              "RMS log-ratio |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['a']} | {r['b']} | {r['shared_bounded']} | {fmt(r['pearson_V'], '.3f')} | "
+                     f"{fmt(r['spearman_V'], '.3f')} | {fmt(r['slope_V'], '.3f')} | "
+                     f"{fmt(r['pearson_logratio'], '.3f')} | "
+                     f"{fmt(r['rms_logratio'], '.3f')} |")
+    lines += ["", "![potentials](potentials.png)", "", "![detailed-balance index](db_index.png)", ""]
+    return "\n".join(lines)

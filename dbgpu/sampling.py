@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
+from dbgpu.errors import check_temperature
 from dbgpu.models import cache_kwarg, output_cache
-from dbgpu.tree import common_prefix_length
+from dbgpu.scoring.prefix import prefill
 
 
 @dataclass
@@ -29,18 +30,6 @@ class Sample:
     stopped: bool         # ended with a stop token (False: hit max_new_tokens, or given up)
     stop_id: int | None   # which stop token ended it
     gave_up: bool = False  # abandoned early: `give_up` said it can no longer become an answer
-
-
-def left_pad(seqs: list[list[int]], *, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, attention mask, position ids), each (B, T), sequences right-aligned."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, T - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[b, T - len(s):] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids.to(device), mask.to(device), pos.to(device)
 
 
 def draw_tokens(logits: torch.Tensor, *, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -57,51 +46,18 @@ def draw_tokens(logits: torch.Tensor, *, temperature: float, generator: torch.Ge
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1).clamp(max=cdf.shape[-1] - 1)
 
 
-def _window_allows(model, total: int) -> bool:
-    """No sliding window that prompts of `total` tokens outgrow (its cache layers would keep
-    only the window's last tokens, not the whole prefix that rows are shifted along)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    window = getattr(config, "sliding_window", None)
-    return window is None or total < window
-
-
-def _plain_layers(cache) -> bool:
-    """Only key/value layers (no recurrent state) that can be gathered along the sequence."""
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(x).__name__ in ("DynamicLayer", "DynamicSlidingWindowLayer") for x in layers)
-
-
-@torch.inference_mode()
-def prefill(model, prompts: list[list[int]], *, pad_id: int, min_shared: int = 16):
-    """Run distinct prompts through the model: (last logits (U, V), KV cache, mask (U, T), positions (U, T)).
-
-    The result is the plain left-padded prefill's (the layout the decode loop continues),
-    but when the prompts share a prefix of at least `min_shared` tokens (a task's prompts
-    differ only around the state), that prefix is run once: row u is [pad]*k_u + prompt u
-    with k_u = S - s_u (s_u its suffix length, S the longest); its first L = prefix-length
-    cache slots hold the prefix's first L - k_u positions shifted right by k_u, gathered
-    from the single prefix pass, and only the last S columns are run for all rows.
-    """
+def _start(model, prompts: list[list[int]], *, pad_id: int):
+    """Prefill each distinct prompt once, then give every slot its prompt's state:
+    (first logits (B, V), KV cache (B rows), attention mask (B, T), next position (B,))."""
     device = next(model.parameters()).device
-    ids, mask, pos = left_pad(prompts, pad_id=pad_id, device=device)           # (U, T)
-    U, T = ids.shape
-    L = common_prefix_length(prompts) if U > 1 else 0                           # each keeps >= 1 token
-    if L >= min_shared and _window_allows(model, T):
-        out = model(input_ids=torch.tensor([prompts[0][:L]], device=device), use_cache=True, logits_to_keep=1)
-        cache = output_cache(out)                                              # (1, H, L, D) per layer
-        if _plain_layers(cache):
-            pad = T - torch.tensor([len(p) for p in prompts], device=device)   # (U,) k_u
-            src = (torch.arange(L, device=device)[None, :] - pad[:, None]).clamp(min=0)  # (U, L)
-            for layer in cache.layers:                                        # (1, H, L, D) -> (U, H, L, D)
-                H, D = layer.keys.shape[1], layer.keys.shape[3]
-                idx = src[:, None, :, None].expand(U, H, L, D)
-                layer.keys = layer.keys.expand(U, -1, -1, -1).gather(2, idx)
-                layer.values = layer.values.expand(U, -1, -1, -1).gather(2, idx)
-            out = model(input_ids=ids[:, L:], attention_mask=mask, position_ids=pos[:, L:], use_cache=True,
-                        logits_to_keep=1, **{cache_kwarg(model): cache})
-            return out.logits[:, -1], output_cache(out), mask, pos
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], output_cache(out), mask, pos
+    keys = [tuple(p) for p in prompts]
+    uniq = list(dict.fromkeys(keys))
+    slot_of = {k: i for i, k in enumerate(uniq)}
+    inverse = torch.tensor([slot_of[k] for k in keys], device=device)          # (B,)
+    logits, cache, mask, pos = prefill(model, [list(k) for k in uniq], pad_id=pad_id)  # (U, V), (U, T) x2
+    if len(uniq) != len(prompts) or len(uniq) > 1:
+        cache.reorder_cache(inverse)                                            # (U, ...) -> (B, ...)
+    return logits[inverse], cache, mask[inverse], pos[inverse, -1] + 1
 
 
 @torch.inference_mode()
@@ -116,19 +72,9 @@ def sample_answers(model, prompts: list[list[int]], *, temperature: float, max_n
     batch (and its KV cache) once they make up 1 - `compact_at` of it, so the decode
     steps that remain cost only what the unfinished answers need.
     """
-    if temperature <= 0:
-        raise ValueError("temperature must be positive")
+    check_temperature(temperature)
     device = next(model.parameters()).device
-    # Prefill each distinct prompt once.
-    keys = [tuple(p) for p in prompts]
-    uniq = list(dict.fromkeys(keys))
-    slot_of = {k: i for i, k in enumerate(uniq)}
-    inverse = torch.tensor([slot_of[k] for k in keys], device=device)          # (B,)
-    logits, cache, mask, pos = prefill(model, [list(k) for k in uniq], pad_id=pad_id)  # (U, V), (U, T) x2
-    if len(uniq) != len(prompts) or len(uniq) > 1:
-        cache.reorder_cache(inverse)                                            # (U, ...) -> (B, ...)
-    logits = logits[inverse]                                                    # (B, V)
-    mask, next_pos = mask[inverse], pos[inverse, -1]                             # (B, T), (B,)
+    logits, cache, mask, next_pos = _start(model, prompts, pad_id=pad_id)      # (B, V), (B, T), (B,)
     B = len(prompts)
     stops = torch.tensor(stop_ids, device=device, dtype=torch.long)
     gen = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)  # (B, N) per slot
@@ -159,12 +105,17 @@ def sample_answers(model, prompts: list[list[int]], *, temperature: float, max_n
             cache.reorder_cache(keep)
             rows, mask, next_pos, nxt, live = rows[keep], mask[keep], next_pos[keep], nxt[keep], live[keep]
         mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
-        next_pos = next_pos + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos[:, None],
                     use_cache=True, **{ckey: cache})
+        next_pos = next_pos + 1
         cache = output_cache(out)
         logits = out.logits[:, -1]
-    # A stopped answer's last kept token is its stop token.
+    return _samples(gen, length, stopped, abandoned)
+
+
+def _samples(gen, length, stopped, abandoned) -> list[Sample]:
+    """Sample records from the decode buffers; a stopped answer's last kept token is its
+    stop token, which goes to `stop_id`, not into `ids`."""
     gen, length = gen.tolist(), (length - stopped.long()).tolist()
     stop_tok = [row[n] if s else None for row, n, s in zip(gen, length, stopped.tolist())]
     return [Sample(ids=row[:n], stopped=st is not None, stop_id=st, gave_up=bool(g))

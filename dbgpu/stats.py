@@ -42,23 +42,15 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.sparse.csgraph import connected_components
 from scipy.special import chdtrc, log_expit
 
+from dbgpu.devices import resolve_device
+from dbgpu.fit import minimise_action
+from dbgpu.graph import in_sum, incidence, laplacian_solve, mutual_pairs
+
 # --------------------------------------------------------------------------- pairs
-
-
-def mutual_pairs(n: int, src: np.ndarray, dst: np.ndarray):
-    """Edges whose reverse exists: (e_fg, e_gf) edge indices with src[e_fg] < dst[e_fg]."""
-    key = src * n + dst                                        # (E,)
-    order = np.argsort(key, kind="stable")
-    skey = key[order]
-    rev = dst * n + src
-    pos = np.clip(np.searchsorted(skey, rev), 0, len(skey) - 1)
-    has = (skey[pos] == rev) & (src < dst)
-    e_fg = np.flatnonzero(has)
-    e_gf = order[pos[has]]
-    return e_fg, e_gf                                          # (P,), (P,)
 
 
 def pair_variance(count, visits, src, dst, e_fg, e_gf):
@@ -191,8 +183,6 @@ def hodge(n: int, f: np.ndarray, g: np.ndarray, X: np.ndarray, *, device: str = 
     The least-squares potential phi solves the graph Laplacian system L phi = B X
     (B X = the flow's divergence), by the same PCG as the fit.
     """
-    from dbgpu.fit import laplacian_solve
-
     P = len(X)
     out = {"gradient_fraction": None, "n_pairs": int(P), "cycle_rank": None}
     if P == 0:
@@ -231,10 +221,6 @@ def _power_cpu(Pm, pi, tol, max_iter):
 
 
 def _power_torch(n, src, dst, p, pi, tol, max_iter, dev):
-    import torch
-
-    from dbgpu.fit import in_sum, incidence
-
     order = np.argsort(src, kind="stable")
     inc = incidence(n, src[order], dst[order], dev)
     pt = torch.as_tensor(p[order], device=dev)
@@ -266,8 +252,6 @@ def stationary(n: int, src: np.ndarray, dst: np.ndarray, p: np.ndarray, *,
         b[-1] = 1.0
         pi = np.linalg.solve(A, b)
     else:
-        from dbgpu.fit import resolve_device
-
         g = np.full(n, 1.0 / n) if guess is None else guess / guess.sum()
         dev = resolve_device(device)
         pi = _power_cpu(Pm, g, tol, max_iter) if dev.type == "cpu" else \
@@ -313,8 +297,6 @@ def reversibility_test(n: int, src: np.ndarray, dst: np.ndarray, count: np.ndarr
     (src, dst, count) (E,) are the edges among n states (all strongly connected),
     `visits` (n,) the queries from each state. See the module docstring.
     """
-    from dbgpu.fit import minimise_action
-
     offset = np.log(visits[src]) - np.log(visits[dst])          # (E,)
     V, _, info = minimise_action(n, src, dst, count.astype(np.float64), offset=offset,
                                  device=device)
@@ -333,6 +315,41 @@ def reversibility_test(n: int, src: np.ndarray, dst: np.ndarray, count: np.ndarr
             "p_value": float(chdtrc(dof, g2)) if dof > 0 else None,
             "n_pairs": n_pairs, "converged": info["converged"],
             "model": "Bradley-Terry with offsets log(n_f/n_g) vs saturated, per pair"}
+
+
+# --------------------------------------------------------------------------- components
+
+#: how many components `stats.json` lists one by one, and states named per component
+MAX_LISTED_COMPONENTS = 200
+MAX_NAMED_STATES = 10
+
+
+def components_summary(states, comps, kept) -> dict:
+    """The components as stats.json lists them (main first, then by size)."""
+    label, size, position = comps.label, comps.size, comps.position
+    state_pos = np.where(kept, position[label], "dropped")                 # (N,)
+    members = np.argsort(label, kind="stable")
+    bounds = np.r_[0, np.cumsum(size)]
+    listed = []
+    for c in range(min(len(size), MAX_LISTED_COMPONENTS)):
+        idx = members[bounds[c]:bounds[c + 1]]
+        pos = "dropped" if not kept[idx].any() else str(position[c])
+        listed.append({"size": int(size[c]), "position": pos,
+                       "states": [states[i] for i in idx[:MAX_NAMED_STATES]]})
+    by_pos = {}
+    for pos in ("above", "below", "unrelated", "dropped"):
+        sel = state_pos == pos
+        by_pos[pos] = {"states": int(sel.sum()), "components": int(len(np.unique(label[sel])))}
+    return {
+        "count": int(len(size)),
+        "main_size": int(size[0]),
+        "by_position": by_pos,
+        "list": listed,
+        "list_truncated": bool(len(size) > MAX_LISTED_COMPONENTS),
+        "state_position": {states[i]: str(state_pos[i]) for i in np.flatnonzero(label != 0)},
+        "note": ("above: reaches the main component, potential +inf relative to it; below: "
+                 "reached from it, -inf; unrelated: neither; dropped: removed by --threshold"),
+    }
 
 
 # --------------------------------------------------------------------------- all of them

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dbgpu.io import ensure_out_dir, write_json_atomic, write_npy_atomic, write_text_atomic
+from dbgpu.io import write_text_atomic
 
 
 def state_names(n: int) -> list[str]:
@@ -108,13 +108,6 @@ def dense_edges(logT: np.ndarray):
     n = len(logT)
     src, dst = np.nonzero(~np.eye(n, dtype=bool))
     return src, dst, np.exp(logT[src, dst])
-
-
-def write_score_dir(path: str | os.PathLike, states: list[str], logT: np.ndarray) -> Path:
-    out = ensure_out_dir(path)
-    write_json_atomic(out / "states.json", list(states))
-    write_npy_atomic(out / "logT.npy", np.asarray(logT, np.float64))
-    return out
 
 
 def write_paper_json(path: str | os.PathLike, states: list[str], source, target) -> Path:

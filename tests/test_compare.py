@@ -7,11 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from dbgpu.analysis import fit_input
+from dbgpu.commands.fit import fit_input
 from dbgpu.cli import main
-from dbgpu.compare import compare_job, compare_pair, log_ratios, shared_potentials
+from dbgpu.commands.compare import compare_job
+from dbgpu.comparison import compare_pair, log_ratios, shared_potentials
 from dbgpu.io import read_json
-from dbgpu.synthetic import state_names, write_score_dir
+from dbgpu.data import write_score_dir
+from dbgpu.synthetic import state_names
 
 
 def _run(tmp_path, name, states, logT):
@@ -90,14 +92,14 @@ def test_compare_writes_its_table_and_reuses_scores(tmp_path, monkeypatch):
     assert (out / "compare.csv").read_text().count("\n") == 1 + 6
 
     # a second call scores nothing: loading a model or scoring would fail
-    import dbgpu.jobs
+    import dbgpu.commands.score
     import dbgpu.models
 
     def boom(*a, **k):
         raise AssertionError("re-scored")
 
     monkeypatch.setattr(dbgpu.models, "load_model", boom)
-    monkeypatch.setattr(dbgpu.jobs, "score_job", boom)
+    monkeypatch.setattr(dbgpu.commands.score, "score_job", boom)
     again = compare_job(**kw)
     assert all(r["reused"] for r in again["runs"])
     assert again["pairs"] == first["pairs"]

@@ -13,8 +13,9 @@ from scipy.stats import chisquare
 
 import dbgpu.sampling
 from dbgpu.errors import DbgpuError
-from dbgpu.explore import (LOG_NAME, Answers, Frontier, classify, explore_job, model_answerer, repair_log,
-                           run_steps, scan_log, visited_states)
+from dbgpu.commands.explore import explore_job
+from dbgpu.explore import (LOG_NAME, Answers, Frontier, classify, model_answerer, repair_log, run_steps, scan_log,
+                           visited_states)
 from dbgpu.sampling import Sample
 
 # Letter sums checked by hand: ATTITUDE 1+20+20+9+20+21+4+5 = 100, TURKEY 20+21+18+11+5+25 = 100,

@@ -13,10 +13,9 @@ from dbgpu.fit import (
     action_and_grad,
     fit_potential,
     hessian_vector,
-    laplacian_solve,
     minimise_action,
-    strong_components,
 )
+from dbgpu.graph import laplacian_solve, strong_components
 
 
 def random_graph(n=12, m=40, seed=0):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dbgpu.errors import DbgpuError
-from dbgpu.models import (cache_kwarg, gguf_cache_path, load_model, random_model, resolve_device,
-                          resolve_dtype, resolve_model)
+from dbgpu.devices import resolve_device, resolve_dtype
+from dbgpu.models import cache_kwarg, gguf_cache_path, load_model, random_model, resolve_model
 
 
 def _logits(lm, text="Hello world, ATTITUDE"):

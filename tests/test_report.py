@@ -5,8 +5,9 @@ import json
 import pytest
 from helpers_fit import write_claude_json
 
+from dbgpu.data import write_score_dir
 from dbgpu import synthetic as sy
-from dbgpu.analysis import fit_input
+from dbgpu.commands.fit import fit_input
 from dbgpu.errors import DbgpuError
 from dbgpu.report import FIGURES, write_report
 
@@ -20,7 +21,7 @@ def check_figures(d):
 
 def test_report_on_an_exact_kernel(tmp_path):
     V, logT = sy.dense_kernel(24, seed=1, noise=0.05)
-    sy.write_score_dir(tmp_path, sy.state_names(24), logT)
+    write_score_dir(tmp_path, sy.state_names(24), logT)
     stats = fit_input(tmp_path, tmp_path, device="cpu")
     md = write_report(tmp_path)
     assert md == tmp_path / "report.md"

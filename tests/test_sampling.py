@@ -170,8 +170,8 @@ def test_shared_prefix_prefill_equals_the_plain_one(tiny_lms, word_task, arch):
     through the next decode step too). gemma3's sliding window (8) is shorter than the
     prompts, so it must take the plain path and agree trivially."""
     from dbgpu.models import cache_kwarg
-    from dbgpu.sampling import prefill
-    from dbgpu.tree import common_prefix_length
+    from dbgpu.scoring.prefix import prefill
+    from dbgpu.scoring.trie import common_prefix_length
 
     lm = tiny_lms(arch)
     tok = lm.tokenizer

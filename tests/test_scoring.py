@@ -7,16 +7,15 @@ import pytest
 import torch
 from conftest import reference_logT
 
-from dbgpu.formatting import continuation_text, encode, prompt_text
+from dbgpu.formatting import encode_states
 from dbgpu.scoring import continuation_logprobs, score_matrix, score_sequences
 
 STATES = ["ATTITUDE", "BUZZY", "EXCELLENT", "TURKEY", "PROBLEMS"]   # ragged lengths
 
 
 def _ids(lm, task, states):
-    tok = lm.tokenizer
-    return ([encode(tok, prompt_text(tok, task, f)) for f in states],
-            [encode(tok, continuation_text(tok, task, g)) for g in states])
+    enc = encode_states(lm.tokenizer, task, states)
+    return enc.prompt_ids, enc.cont_ids
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])

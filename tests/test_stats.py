@@ -7,18 +7,19 @@ import math
 import numpy as np
 import pytest
 
+from dbgpu.data import write_score_dir
 from dbgpu import synthetic as sy
-from dbgpu.analysis import fit_input
+from dbgpu.commands.fit import fit_input
 from dbgpu.stats import (
     entropy_production,
     hodge,
     loops,
-    mutual_pairs,
     pairwise,
     reversibility_test,
     stationary,
     triangles,
 )
+from dbgpu.graph import mutual_pairs
 
 
 def test_mutual_pairs_brute_force():
@@ -101,7 +102,7 @@ def test_entropy_production_of_a_driven_ring():
 
 def test_stationary_iterative_matches_dense():
     V, src, dst, logT = sy.sparse_kernel(300, seed=2, degree=6)
-    from dbgpu.fit import strong_components
+    from dbgpu.graph import strong_components
 
     c = strong_components(300, src, dst)
     m = c.label == 0
@@ -148,7 +149,7 @@ def run_dense(tmp_path, *, sampled=False, **kw):
                                          np.r_[dst, np.full(len(invalid), -1)])
         stats = fit_input(inp, tmp_path, weights="counts", device="cpu")
     else:
-        sy.write_score_dir(tmp_path, states, logT)
+        write_score_dir(tmp_path, states, logT)
         stats = fit_input(tmp_path, tmp_path, device="cpu")
     pot = json.loads((tmp_path / "potential.json").read_text())
     return V, np.array([pot[s] for s in states]), stats

@@ -10,17 +10,17 @@ import pytest
 import torch
 from conftest import reference_logT
 
-from dbgpu.formatting import continuation_text, encode, prompt_text
+from dbgpu.formatting import encode_states
 from dbgpu.scoring import ScoreStats, score_matrix
-from dbgpu.tree import build_trie, common_prefix_length, tree_score_matrix, trie_lower_bound
+from dbgpu.scoring.tree import tree_score_matrix
+from dbgpu.scoring.trie import build_trie, common_prefix_length, trie_lower_bound
 
 STATES = ["ATTITUDE", "BUZZY", "EXCELLENT", "TURKEY", "PROBLEMS", "PERSONAL", "PURSUE"]
 
 
 def _ids(lm, task, states=STATES):
-    tok = lm.tokenizer
-    return ([encode(tok, prompt_text(tok, task, f)) for f in states],
-            [encode(tok, continuation_text(tok, task, g)) for g in states])
+    enc = encode_states(lm.tokenizer, task, states)
+    return enc.prompt_ids, enc.cont_ids
 
 
 def test_trie_golden():
@@ -66,7 +66,7 @@ def test_tree_equals_plain_and_per_pair_forward(tiny_lms, word_task, arch):
 
 def test_sliding_window_mask_is_what_makes_gemma3_exact(tiny_lms, word_task, monkeypatch):
     """Negative control: a full mask on the sliding layers gives different numbers."""
-    import dbgpu.tree as tree
+    import dbgpu.scoring.tree as tree
 
     lm = tiny_lms("gemma3")
     P, C = _ids(lm, word_task, STATES[:3])

@@ -1,6 +1,9 @@
-"""Built-in tasks, by name."""
+"""Built-in tasks by name, their prompt templates, and what every state set goes through."""
 
 from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 from dbgpu.errors import DbgpuError
 from dbgpu.tasks.base import Task, fill_template
@@ -26,4 +29,37 @@ def get_task(name: str, *, template: str | None = None, answer_prefix: str | Non
     return TASKS[name](**kwargs)
 
 
-__all__ = ["Task", "TASKS", "TEMPLATES", "get_task", "fill_template"]
+def read_template(path: str | Path | None, *, task: str | None = None) -> str | None:
+    """A prompt template: the name of one of the task's built-in templates, or a file."""
+    if path is None:
+        return None
+    if task is not None and str(path) in TEMPLATES.get(task, {}):
+        return TEMPLATES[task][str(path)]
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DbgpuError(f"template file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DbgpuError(f"cannot read template file {path}: {e}") from None
+
+
+def template_sha256(task: Task) -> str:
+    """Identifies the prompt template a score directory was made with."""
+    return hashlib.sha256(task.template.encode("utf-8")).hexdigest()
+
+
+def canonical_states(task: Task, states: list[str]) -> list[str]:
+    """The task's canonical form of each state; an empty list or a duplicate is an error."""
+    if not states:
+        raise DbgpuError("the state list is empty")
+    out = [task.check_state(s) for s in states]
+    seen = set()
+    for s in out:
+        if s in seen:
+            raise DbgpuError(f"state {s} appears twice in the state list")
+        seen.add(s)
+    return out
+
+
+__all__ = ["Task", "TASKS", "TEMPLATES", "get_task", "fill_template", "read_template", "template_sha256",
+           "canonical_states"]

@@ -77,7 +77,7 @@ def test_bad_task_inputs():
 
 
 def test_builtin_templates_ask_the_same_question_differently():
-    from dbgpu.jobs import read_template
+    from dbgpu.tasks import read_template
     from dbgpu.tasks import TEMPLATES
 
     assert set(TEMPLATES["word100"]) == {"paper", "terse", "puzzle"}

@@ -1,0 +1,88 @@
+"""`dbgpu run`: the main job end to end on defaults, in one output directory.
+
+The task's seed states, the exact kernel (`score`), the least-action potential and the
+statistics (`fit`), the figures and report.md (`report`); it says what it does as it
+goes through `log` and ends with each state's coverage and self-transition mass, the
+largest transitions and the headline detailed-balance numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dbgpu.console import fmt
+from dbgpu.errors import DbgpuError
+
+
+def kernel_summary(states: list[str], logT: np.ndarray, *, top: int = 10) -> str:
+    """Coverage and self-transition mass per state, and the largest transitions, as text."""
+    T = np.exp(logT)                                          # (N, N)
+    cover, self_mass = T.sum(1), np.diag(T)
+    lines = [f"{'state':<14}{'coverage':>11}{'self':>11}{'to others':>11}"]
+    for i in np.argsort(-cover):
+        lines.append(f"{states[i]:<14}{cover[i]:>11.3e}{self_mass[i]:>11.3e}{cover[i] - self_mass[i]:>11.3e}")
+    off = T.copy()
+    np.fill_diagonal(off, 0.0)
+    flat = np.argsort(-off, axis=None)[:top]
+    lines.append("")
+    lines.append(f"top {len(flat)} transitions f -> g (self-transitions excluded):")
+    for k in flat:
+        f, g = np.unravel_index(k, off.shape)
+        lines.append(f"  {states[f]:>12} -> {states[g]:<12} T = {off[f, g]:.3e}   log T = {logT[f, g]:8.3f}")
+    return "\n".join(lines)
+
+
+def analysis_summary(stats: dict, potential: dict, *, top: int = 5) -> str:
+    """Headline detailed-balance numbers and the extremes of the potential, as text."""
+    pw, lp, hodge, ep = stats["pairwise"], stats["loops"], stats["hodge"], stats["entropy_production"]
+    bounded = sorted(((v, s) for s, v in potential.items() if v is not None))
+    lines = [
+        f"least action: {stats['action']:.6g} ({stats['fit']['method']}, {stats['fit']['iterations']} iterations, "
+        f"converged: {stats['fit']['converged']}); {len(bounded)} of {len(potential)} states bounded",
+        f"pairwise log-ratio vs V(f)-V(g): {pw['n_pairs']} pairs, r = {fmt(pw['r'])}, slope (beta) = {fmt(pw['slope'])}"
+        + (f", chi2/ndf = {fmt(pw['chi2_ndf'])}" if pw.get("chi2_ndf") is not None
+           else f", RMS residual = {fmt(pw.get('rms_residual'))}"),
+        f"Kolmogorov loops: {lp['count']} 3-cycles"
+        + (f", chi2/ndf = {fmt(lp['chi2_ndf'])}" if lp.get("chi2_ndf") is not None else f", RMS = {fmt(lp.get('rms'))}"),
+        f"Hodge gradient fraction (1 = detailed balance): {fmt(hodge['gradient_fraction'])}; "
+        f"entropy production: {fmt(ep['entropy_production'])}",
+    ]
+    if bounded:
+        lines.append("lowest potential (most probable): "
+                     + ", ".join(f"{s} {v:+.2f}" for v, s in bounded[:top]))
+        lines.append("highest potential: " + ", ".join(f"{s} {v:+.2f}" for v, s in bounded[::-1][:top]))
+    return "\n".join(lines)
+
+
+def run_job(*, model: str, task, n_states: int, out: str | Path, template_path=None, temperature: float = 1.0,
+            method: str = "tree", device="auto", dtype="auto", cache_dir=None, batch_tokens: int = 16384,
+            max_logits: int | None = None, progress: bool = True, log=print) -> dict:
+    """Seed states -> score -> fit -> report in `out`. Returns {"meta", "stats", "report"}."""
+    from dbgpu.commands.fit import fit_input
+    from dbgpu.commands.score import score_job
+    from dbgpu.io import read_json
+    from dbgpu.report import write_report
+
+    if n_states < 2:
+        raise DbgpuError(f"--n-states must be at least 2, got {n_states}")
+    states = task.seed_states(n_states)
+    log(f"dbgpu run: task {task.name}, model {model}, {len(states)} states -> {out}")
+    meta = score_job(model=model, task=task, states=states, out=out, template_path=template_path,
+                     temperature=temperature, device=device, dtype=dtype, cache_dir=cache_dir, method=method,
+                     batch_tokens=batch_tokens, max_logits=max_logits, progress=progress)
+    log(f"model {meta['model']} on {meta['device']} ({meta['dtype']}), loaded in {meta['load_seconds']:.1f} s"
+        f"{' from cache' if meta['loaded_from_cache'] else ''}; scored {len(states) ** 2} pairs in "
+        f"{meta['seconds']:.1f} s ({meta['tokens']} tokens)")
+    out = Path(out)
+    log("")
+    log(kernel_summary(states, np.load(out / "logT.npy")))
+    stats = fit_input(out, out, device="cpu" if device == "cpu" else "auto")
+    report = write_report(out)
+    log("")
+    log(analysis_summary(stats, read_json(out / "potential.json")))
+    log("")
+    log(f"report: {report}")
+    log(f"files in {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
+    return {"meta": meta, "stats": stats, "report": str(report)}

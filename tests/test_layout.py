@@ -1,0 +1,86 @@
+"""The package's architecture, checked: the folder listing is the data flow.
+
+Every import of a dbgpu module (at module level or inside a function) must point DOWN
+the layer list below, which is the README's layout section read bottom-up; so the
+import graph has no cycle. The analysis stages never import transformers.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import dbgpu
+
+PACKAGE = Path(dbgpu.__file__).parent
+
+# lowest first: a module may import only modules before it in this list
+LAYERS = [
+    "version", "errors", "console", "io", "devices", "provenance",
+    "models",
+    "tasks.base", "tasks.word100", "tasks",
+    "formatting",
+    "scoring.trie", "scoring.stats", "scoring.prefix", "scoring.plain", "scoring.tree", "scoring",
+    "sampling", "explore",
+    "data", "graph", "fit", "stats", "comparison", "report", "synthetic",
+    "commands.score", "commands.fit", "commands.report", "commands.run", "commands.compare",
+    "commands.explore", "commands.states", "commands",
+    "cli", "__main__", "",
+]
+ANALYSIS = {"data", "graph", "fit", "stats", "comparison", "report", "synthetic"}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module name imported anywhere in the file (absolute imports only)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def _dbgpu_targets(names: set[str]) -> set[str]:
+    """The dbgpu modules among imported names (a `from pkg import name` may name a module)."""
+    known = set(LAYERS)
+    return {n.removeprefix("dbgpu").lstrip(".") for n in names
+            if n.split(".")[0] == "dbgpu" and n.removeprefix("dbgpu").lstrip(".") in known}
+
+
+def test_every_module_has_a_layer():
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    assert modules == set(LAYERS), f"add to LAYERS: {modules - set(LAYERS)}; stale: {set(LAYERS) - modules}"
+
+
+def test_imports_point_down_the_layers_so_there_is_no_cycle():
+    rank = {m: i for i, m in enumerate(LAYERS)}
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        me = _module_name(path)
+        for target in _dbgpu_targets(_imports(path)):
+            if target != me and rank[target] >= rank[me]:
+                wrong.append(f"{me or 'dbgpu'} imports {target or 'dbgpu'}")
+    assert not wrong, wrong
+
+
+def test_the_analysis_stages_never_import_transformers():
+    for path in PACKAGE.rglob("*.py"):
+        if _module_name(path) in ANALYSIS:
+            assert not any(n.split(".")[0] == "transformers" for n in _imports(path)), path
+            assert not _dbgpu_targets(_imports(path)) & {"models", "scoring", "sampling", "formatting"}, path
+
+
+def test_the_checker_sees_a_bad_import(tmp_path):
+    """Negative control: an upward import in a parsed file is found."""
+    bad = tmp_path / "x.py"
+    bad.write_text("def f():\n    from dbgpu.cli import main\n    import dbgpu.commands.fit\n")
+    assert _dbgpu_targets(_imports(bad)) == {"cli", "commands.fit"}
