@@ -9,10 +9,12 @@ input errors answer at once.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from dbgpu.version import __version__
-from dbgpu.errors import DbgpuError
+from dbgpu.errors import DbgpuError, Terminated
 
 
 class _Parser(argparse.ArgumentParser):
@@ -157,10 +159,12 @@ def _cmd_fit(args) -> int:
         torch.set_num_threads(args.threads)   # this process only
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        stats = fit_input(args.input, args.out, reject=args.reject, threshold=args.threshold,
-                          weights=args.weights, device=args.device, method=args.method)
-    for w in caught:
-        print(f"dbgpu fit: warning: {w.message}", file=sys.stderr)
+        try:
+            stats = fit_input(args.input, args.out, reject=args.reject, threshold=args.threshold,
+                              weights=args.weights, device=args.device, method=args.method)
+        finally:                                  # a warning matters most when the fit then fails
+            for w in caught:
+                print(f"dbgpu fit: warning: {w.message}", file=sys.stderr)
     pw, comp = stats["pairwise"], stats["components"]
     print(f"{stats['n_states']} states, {stats['n_edges']} edges; main component "
           f"{comp['main_size']} states ({comp['count']} components); action "
@@ -321,12 +325,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command: 0 on success, 2 on bad input (one line on stderr), 130 on Ctrl-C,
+    143 on SIGTERM (both also one line; outputs stay consistent and resumable)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # usage errors (2) and --help / --version (0)
         return int(e.code or 0)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return int(args.func(args) or 0)
     except DbgpuError as e:
@@ -335,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dbgpu {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"dbgpu {args.command}: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from dbgpu.errors import DbgpuError, DbgpuWarning
-from dbgpu.io import ensure_out_dir, read_json, write_json_atomic, write_npy_atomic
+from dbgpu.io import ensure_out_dir, read_json, read_jsonl, write_json_atomic, write_npy_atomic
 
 #: the paper's total number of queries, which sets `N0 = 20000 / n_states` in high_reject
 PAPER_QUERIES = 20000
@@ -171,37 +171,25 @@ def read_transitions_jsonl(path: str | os.PathLike) -> Transitions:
     """Read `transitions.jsonl` rows `{"source", "answer", "target", ...}`.
 
     `target` null (or `"rejected": true`) is an invalid answer: it counts toward the
-    source's visits but is no edge. A final line that does not parse (a run cut off
-    while writing) is ignored with a warning; any other bad line is an error.
+    source's visits but is no edge. An unterminated last line is a write cut short (a
+    crash): ignored with a warning unless it is a whole JSON object (a file that merely
+    lacks its final newline). A terminated line that does not parse, or lacks a string
+    'source', is corruption: an error naming the line.
     """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DbgpuError(f"transitions file not found: {path}") from None
-    except IsADirectoryError:
-        raise DbgpuError(f"transitions file {path} is a directory") from None
-    except OSError as e:
-        raise DbgpuError(f"cannot read transitions file {path}: {e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DbgpuError(f"transitions file {path} is not UTF-8 ({e.reason})") from None
-    lines = text.split("\n")
-    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    lines = read_jsonl(path, what="transitions file")
+    rows = list(enumerate(lines.records))
+    if lines.tail:
+        tail = Path(path).read_bytes()[lines.size - lines.tail:]
+        try:
+            rows.append((len(lines.records), json.loads(tail.decode("utf-8"))))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            warnings.warn(f"{path}: ignoring the truncated last line {len(lines.records) + 1}", DbgpuWarning,
+                          stacklevel=2)
     sources: list[str] = []
     targets: list[str | None] = []
-    for i, line in enumerate(lines):
-        if not line.strip():
+    for i, row in rows:
+        if row is None:                               # a blank line
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if i == last:
-                warnings.warn(f"{path}: ignoring the truncated last line {i + 1}", DbgpuWarning,
-                              stacklevel=2)
-                break
-            raise DbgpuError(f"{path}: line {i + 1} is not valid JSON ({e.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("source"), str):
             raise DbgpuError(f"{path}: line {i + 1} has no string 'source'")
         t = row.get("target")

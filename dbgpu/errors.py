@@ -12,6 +12,11 @@ class DbgpuError(Exception):
     """Bad input: the message is shown to the user as it is."""
 
 
+class Terminated(BaseException):
+    """SIGTERM (what `timeout` and schedulers send), raised like KeyboardInterrupt so that
+    every cleanup runs: the CLI answers it with one line and exit status 143."""
+
+
 class DbgpuWarning(UserWarning):
     """Something the user should know about the input that does not stop the work."""
 

@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from dbgpu.errors import DbgpuError
-from dbgpu.io import read_json
+from dbgpu.io import os_error, read_json, read_jsonl, write_all
 from dbgpu.tasks import Task
 
 PROTOCOLS = ("paper", "walk")
@@ -280,36 +280,26 @@ def scan_log(path: Path, *, batch: int) -> LogScan:
     An unterminated last line and an incomplete last step are left to the caller to
     cut (`repair_log`); any malformed or out-of-order complete line is an error.
     """
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return LogScan([], 0, 0, 0, 0, 0)
-    except OSError as e:
-        raise DbgpuError(f"cannot read {path}: {e.strerror or e}") from None
-    end = raw.rfind(b"\n") + 1                                  # end of the last complete line
-    records, offsets = [], []
-    pos = 0
-    for i, line in enumerate(raw[:end].split(b"\n")[:-1]):
-        try:
-            rec = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise DbgpuError(f"{path} line {i + 1} is not valid JSON: the log is corrupt "
-                             f"(only an unterminated last line is repaired)") from None
+    lines = read_jsonl(path, what="transitions log", missing_ok=True)
+    for i, rec in enumerate(lines.records):
+        if rec is None:
+            raise DbgpuError(f"{path} line {i + 1} is blank: the log is corrupt")
         _check_record(rec, i, batch=batch, path=path)
-        records.append(rec)
-        pos += len(line) + 1
-        offsets.append(pos)
-    whole = len(records) - len(records) % batch
-    keep = offsets[whole - 1] if whole else 0
-    return LogScan(records[:whole], keep, len(raw), len(records) - whole, len(raw) - end, whole // batch)
+    n = len(lines.records)
+    whole = n - n % batch
+    keep = lines.ends[whole - 1] if whole else 0
+    return LogScan(lines.records[:whole], keep, lines.size, n - whole, lines.tail, whole // batch)
 
 
 def repair_log(path: Path, scan: LogScan) -> str:
     """Cut the log back to its last complete step; a line saying what was cut."""
-    with open(path, "r+b") as f:
-        f.truncate(scan.keep_bytes)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "r+b") as f:
+            f.truncate(scan.keep_bytes)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise os_error(path, e, doing="repair") from None
     parts = []
     if scan.cut_tail:
         parts.append(f"an unterminated last line ({scan.cut_tail} bytes)")
@@ -319,10 +309,24 @@ def repair_log(path: Path, scan: LogScan) -> str:
 
 
 def append_records(f, records: list[dict]) -> None:
-    """Append one step's lines in one write, then flush and fsync."""
-    f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
-    f.flush()
-    os.fsync(f.fileno())
+    """Append one step's lines to an unbuffered binary file, then fsync: the step is on
+    disk whole, or (a failed write: a full disk, EIO; an interrupt) cut back to where it
+    began, so the log always ends at a complete step. A failed write is a DbgpuError
+    naming the file."""
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    start = f.seek(0, os.SEEK_END)
+    try:
+        write_all(f.fileno(), data)
+        os.fsync(f.fileno())
+    except BaseException as e:
+        try:
+            os.ftruncate(f.fileno(), start)
+            os.fsync(f.fileno())
+        except OSError:
+            pass                                    # a resume repairs what is left
+        if isinstance(e, OSError):
+            raise os_error(f.name, e, doing="append to") from None
+        raise
 
 
 # --------------------------------------------------------------------------- settings

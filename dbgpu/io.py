@@ -1,19 +1,28 @@
-"""Files in and out: atomic writers, and readers that turn every fault into one line.
+"""Files in and out: atomic writers, one writer per directory, and readers that turn
+every fault into one line.
 
 Every writer goes to a temporary file in the destination's directory, flushes and
 fsyncs it, then renames it over the destination (atomic on POSIX), so a reader never
-sees a half-written output file. Every reader raises `DbgpuError` naming the file and
-the problem.
+sees a half-written output file; the file gets the mode `open()` would give it (0644
+under umask 022), and a failed write (a full disk, EIO) is one `DbgpuError` naming the
+path, the previous file left as it was. Every reader raises `DbgpuError` naming the
+file and the problem. `locked_dir` makes a command the only writer of its output
+directory. `read_jsonl` tells a crash remnant (an unterminated last line) from
+corruption (any terminated line that does not parse).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import fcntl
 import io
 import json
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,17 +61,61 @@ def check_out_dir(path: str | os.PathLike) -> Path:
     return out
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc)."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)          # elsewhere: the classic read-by-setting (single-threaded CLI)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the umask (0o644 under umask 022)."""
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    """The mode `mkdir()` gives a new directory: 0o777 less the umask (0o755 under 022)."""
+    return 0o777 & ~umask()
+
+
+def os_error(path, e: OSError, *, doing: str = "write") -> DbgpuError:
+    """One line for a failed file operation: `cannot write PATH: No space left on device`."""
+    return DbgpuError(f"cannot {doing} {path}: {e.strerror or e}")
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may be short, e.g. near a full disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """`path` holds `data` or, if anything fails, exactly what it held before."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise os_error(path, e) from None
+    try:
+        try:
+            os.fchmod(fd, file_mode())          # mkstemp makes 0600; give what open() would
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise os_error(path, e) from None
         raise
 
 
@@ -144,3 +197,126 @@ def read_states_file(path: str | os.PathLike) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         raise DbgpuError(f"cannot read states file {path}: {e}") from None
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+# --------------------------------------------------------------------------- one writer per directory
+
+LOCK_NAME = ".dbgpu.lock"
+_held: dict[str, list] = {}        # realpath -> [open lock file, depth]: this process's locks
+
+
+@contextlib.contextmanager
+def locked_dir(path: str | os.PathLike):
+    """Create `path` if needed and hold an exclusive lock on it for the block.
+
+    The lock is `fcntl.flock` on `path/.dbgpu.lock`, so the kernel releases it when the
+    process dies (kill -9 leaves no stale lock); the file keeps the holder's pid. A second
+    process gets a one-line DbgpuError naming the directory and that pid, and has written
+    nothing. Re-entrant within one process (`run` holds it while score and fit write the
+    same directory). A directory this call created is removed again if the block fails
+    before anything but the lock file was written in it.
+    """
+    out = Path(path)
+    key = os.path.realpath(out)
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield out
+        finally:
+            _held[key][1] -= 1
+        return
+    created = not out.exists()
+    ensure_out_dir(out)
+    f = _acquire(out)
+    _held[key] = [f, 1]
+    ok = False
+    try:
+        yield out
+        ok = True
+    finally:
+        del _held[key]
+        f.close()                                    # closing releases the flock
+        if not ok and created:
+            _remove_if_only_lock(out)
+
+
+def _acquire(out: Path):
+    lock = out / LOCK_NAME
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, file_mode())
+    except OSError as e:
+        raise os_error(lock, e, doing="create the lock file") from None
+    f = os.fdopen(fd, "r+b", buffering=0)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = f.read(32).decode("ascii", "replace").strip() or "unknown"
+        f.close()
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise DbgpuError(f"{out} is in use by another dbgpu process (pid {holder}); "
+                             f"wait for it to finish or use another output directory") from None
+        raise os_error(lock, e, doing="lock") from None
+    try:
+        os.ftruncate(fd, 0)
+        write_all(fd, f"{os.getpid()}\n".encode("ascii"))
+    except OSError:
+        pass                                         # the pid is informative only
+    return f
+
+
+def _remove_if_only_lock(out: Path) -> None:
+    try:
+        if [p.name for p in out.iterdir()] == [LOCK_NAME]:
+            (out / LOCK_NAME).unlink()
+            out.rmdir()
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- JSON lines
+
+
+@dataclass(frozen=True)
+class JsonLines:
+    """A JSON-lines file read whole: the objects of its terminated lines, where each line
+    ends (byte offsets), the file's size, and the bytes of an unterminated last line."""
+
+    records: list            # (L,) parsed objects; None for a blank line
+    ends: list[int]          # (L,) offset just past each line's newline
+    size: int
+    tail: int                # bytes after the last newline (a crash remnant), 0 if none
+
+
+def read_jsonl(path: str | os.PathLike, *, what: str = "file", missing_ok: bool = False) -> JsonLines:
+    """Parse every newline-terminated line of a JSON-lines file.
+
+    Only an unterminated last line is a crash remnant (a write cut short): it is left out
+    and counted in `tail` for the caller to repair or report. A terminated line that is
+    not JSON is corruption: a DbgpuError naming the line.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if missing_ok:
+            return JsonLines([], [], 0, 0)
+        raise DbgpuError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise DbgpuError(f"{what} {path} is a directory, expected a file") from None
+    except OSError as e:
+        raise os_error(path, e, doing="read") from None
+    end = raw.rfind(b"\n") + 1                      # just past the last complete line
+    records, ends, pos = [], [], 0
+    for i, line in enumerate(raw[:end].split(b"\n")[:-1]):
+        pos += len(line) + 1
+        ends.append(pos)
+        if not line.strip():
+            records.append(None)
+            continue
+        try:
+            records.append(json.loads(line.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+            raise DbgpuError(f"{path} line {i + 1} is not valid JSON ({why}): the file is corrupt "
+                             f"(only an unterminated last line is a crash remnant)") from None
+    return JsonLines(records, ends, len(raw), len(raw) - end)

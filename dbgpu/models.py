@@ -28,6 +28,7 @@ import torch
 
 from dbgpu.devices import resolve_device, resolve_dtype
 from dbgpu.errors import DbgpuError
+from dbgpu.io import dir_mode, file_mode
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -267,7 +268,10 @@ def _load_gguf_dequantized(gguf: Path, cache_dir: Path):
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+        tmp.chmod(dir_mode())                    # mkdtemp makes 0700; give what mkdir would
         _save_plain(model, tok, tmp)
+        for f in tmp.iterdir():                  # safetensors writes 0600; give what open() would
+            f.chmod(file_mode())
         try:
             os.replace(tmp, cached)
         except OSError:  # another process filled the cache first

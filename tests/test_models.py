@@ -86,7 +86,11 @@ def test_smollm2_gguf_cold_then_cached(model_cache):
     warm = load_model("smollm2-135m", device="cpu", cache_dir=model_cache / "fresh")
     assert not cold.from_cache and warm.from_cache
     assert cold.resolved["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert gguf_cache_path(__import__("pathlib").Path(cold.resolved["path"]), model_cache / "fresh").is_dir()
+    entry = gguf_cache_path(__import__("pathlib").Path(cold.resolved["path"]), model_cache / "fresh")
+    assert entry.is_dir()
+    from dbgpu.io import dir_mode, file_mode                     # what mkdir / open give: the umask's
+    assert entry.stat().st_mode & 0o777 == dir_mode()
+    assert all(p.stat().st_mode & 0o777 == file_mode() for p in entry.iterdir())
     assert cold.info["model_type"] == "llama" and 1.2e8 < cold.info["n_params"] < 1.5e8
     torch.testing.assert_close(_logits(warm), _logits(cold), atol=0, rtol=0)
     assert warm.tokenizer("ATTITUDE").input_ids == cold.tokenizer("ATTITUDE").input_ids

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dbgpu.errors import DbgpuError
-from dbgpu.io import csv_text, ensure_out_dir, read_json, write_json_atomic, write_text_atomic
+from dbgpu.io import check_out_dir, csv_text, locked_dir, read_json, write_json_atomic, write_text_atomic
 
 
 def slug(text: str) -> str:
@@ -74,9 +74,9 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, task_n
     """Score (or reuse), fit and report each template's run of one model; the model is
     loaded once, and only if some run needs scoring."""
     from dbgpu.commands.fit import fit_input
+    from dbgpu.commands.report import report_job
     from dbgpu.commands.score import score_job
     from dbgpu.models import load_model
-    from dbgpu.report import write_report
     from dbgpu.tasks import template_sha256
 
     lm, runs = None, []
@@ -96,7 +96,7 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, task_n
             score_job(model=model, task=task, states=states, out=run_dir, template_path=t,
                       temperature=temperature, method=method, progress=progress, lm=lm)
         fit_input(run_dir, run_dir, device="cpu" if str(device) == "cpu" else "auto")
-        write_report(run_dir)
+        report_job(run_dir)
         runs.append({"label": label, "dir": str(run_dir), "reused": reused, "states": states,
                      "logT": np.load(run_dir / "logT.npy"), "meta": read_json(run_dir / "meta.json"),
                      "potential": read_json(run_dir / "potential.json"),
@@ -108,9 +108,7 @@ def compare_job(*, models: list[str], templates: list[str | None], task_name: st
                 answer_prefix: str | None = None, temperature: float = 1.0, method: str = "tree",
                 device="auto", dtype="auto", cache_dir=None, progress: bool = True, log=print) -> dict:
     """Score (or reuse), fit and compare every model x template run. Returns compare.json's dict."""
-    from dbgpu.comparison import compare_pair
     from dbgpu.models import resolve_model
-    from dbgpu.report import compare_markdown, plot_db_index, plot_potentials
     from dbgpu.tasks import canonical_states, get_task, read_template
 
     _check(models, templates)
@@ -119,12 +117,21 @@ def compare_job(*, models: list[str], templates: list[str | None], task_name: st
     states = canonical_states(next(iter(tasks.values())), states)
     for m in models:
         resolve_model(m, cache_dir=cache_dir)          # unknown models fail before any work
-    out = ensure_out_dir(out)
-    runs = []
-    for model in models:
-        runs += _model_runs(model, templates, tasks, states=states, out=out, task_name=task_name,
-                            temperature=temperature, method=method, device=device, dtype=dtype,
-                            cache_dir=cache_dir, progress=progress, log=log)
+    with locked_dir(check_out_dir(out)) as out:
+        runs = []
+        for model in models:
+            runs += _model_runs(model, templates, tasks, states=states, out=out, task_name=task_name,
+                                temperature=temperature, method=method, device=device, dtype=dtype,
+                                cache_dir=cache_dir, progress=progress, log=log)
+        return _write_comparison(out, runs, task_name=task_name, states=states, temperature=temperature)
+
+
+def _write_comparison(out: Path, runs: list[dict], *, task_name: str, states: list[str],
+                      temperature: float) -> dict:
+    """compare.{csv,json,md}, runs.csv and the two figures."""
+    from dbgpu.comparison import compare_pair
+    from dbgpu.report import compare_markdown, plot_db_index, plot_potentials
+
     summaries = [run_summary(r) for r in runs]
     rows = [compare_pair(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]]
     plot_potentials(runs, out)

@@ -7,6 +7,7 @@ runs the steps, and records each call in explore.json with its summary.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import sys
 import time
@@ -18,7 +19,7 @@ from dbgpu.errors import DbgpuError, check_temperature
 from dbgpu.explore import (DEFAULT_BATCH, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, LOG_NAME, PROTOCOLS,
                            SETTINGS_NAME, Frontier, Step, append_records, check_same_settings, check_start,
                            model_answerer, read_settings, repair_log, run_settings, run_steps, scan_log)
-from dbgpu.io import check_out_dir, ensure_out_dir, write_json_atomic
+from dbgpu.io import check_out_dir, locked_dir, write_json_atomic
 from dbgpu.tasks import Task
 
 
@@ -97,11 +98,19 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def _check_run(out: Path, settings: dict, *, batch: int):
+    """(explore.json's document or None, the log's scan) of a run directory, checked
+    against this call's settings."""
+    stored = read_settings(out)
+    if stored is not None:
+        check_same_settings(stored["settings"], settings, path=out / SETTINGS_NAME)
+    return stored, scan_log(out / LOG_NAME, batch=batch)
+
+
 def _open_run(out: Path, settings: dict, scan, doc: dict | None) -> dict:
     """Create the directory, cut a crashed call's partial step (said on stderr), and
     write explore.json on a first call (`doc` None). Returns explore.json's document."""
     log = out / LOG_NAME
-    ensure_out_dir(out)
     if scan.needs_repair:
         print(f"dbgpu explore: repaired {log}: cut {repair_log(log, scan)}; "
               f"running step {scan.next_step} again", file=sys.stderr)
@@ -120,7 +129,7 @@ def _run(task: Task, frontier: Frontier, answer, *, log: Path, protocol: str, se
     bar = progress_bar(total=len(steps) * batch, enabled=progress, desc="exploring", unit="answer")
     t0 = time.perf_counter()
     try:
-        with open(log, "ab") as f:
+        with open(log, "ab", buffering=0) as f:
             for result, new in run_steps(task, frontier, protocol=protocol, seed=seed, steps=steps, answer=answer):
                 append_records(f, result.records)
                 tally.add(result, new)
@@ -130,6 +139,13 @@ def _run(task: Task, frontier: Frontier, answer, *, log: Path, protocol: str, se
     finally:
         bar.close()
         tally.seconds = time.perf_counter() - t0
+
+
+def _record_call(out: Path, doc: dict, call: dict, tally: Tally) -> None:
+    """This call, with what it did, appended to explore.json (atomically)."""
+    call["summary"] = tally.as_dict()
+    doc["calls"].append(call)
+    write_json_atomic(out / SETTINGS_NAME, doc)
 
 
 def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol: str = "paper",
@@ -148,28 +164,27 @@ def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol
     out = check_out_dir(out)
     settings = run_settings(model=model, task=task, protocol=protocol, batch=batch, start=start,
                             temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    stored = read_settings(out)
-    if stored is not None:
-        check_same_settings(stored["settings"], settings, path=out / SETTINGS_NAME)
-    scan = scan_log(out / LOG_NAME, batch=batch)
-    if lm is None:
-        from dbgpu.models import load_model
+    _check_run(out, settings, batch=batch)          # before the lock: a refused call writes nothing
+    with locked_dir(out):
+        stored, scan = _check_run(out, settings, batch=batch)   # again, as the only writer now
+        if lm is None:
+            from dbgpu.models import load_model
 
-        lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
-
-    doc = _open_run(out, settings, scan, stored)
-    frontier = Frontier(start=start, batch=batch, invalid_state=task.invalid_state)
-    frontier.absorb(scan.records)
-    first = scan.next_step
-    call = {"first_step": first, "steps": 0, "device": str(lm.device),
-            "dtype": str(lm.dtype).removeprefix("torch."), "started": _now(), "versions": versions()}
-    answer = model_answerer(lm, task, temperature=temperature, max_new_tokens=max_new_tokens)
-    tally = Tally(invalid_state=task.invalid_state)
-    try:
-        _run(task, frontier, answer, log=out / LOG_NAME, protocol=protocol, seed=seed,
-             steps=range(first, first + steps), batch=batch, call=call, tally=tally, progress=progress)
-    finally:
-        call["summary"] = tally.as_dict()
-        doc["calls"].append(call)
-        write_json_atomic(out / SETTINGS_NAME, doc)
+            lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+        doc = _open_run(out, settings, scan, stored)
+        frontier = Frontier(start=start, batch=batch, invalid_state=task.invalid_state)
+        frontier.absorb(scan.records)
+        first = scan.next_step
+        call = {"first_step": first, "steps": 0, "device": str(lm.device),
+                "dtype": str(lm.dtype).removeprefix("torch."), "started": _now(), "versions": versions()}
+        answer = model_answerer(lm, task, temperature=temperature, max_new_tokens=max_new_tokens)
+        tally = Tally(invalid_state=task.invalid_state)
+        try:
+            _run(task, frontier, answer, log=out / LOG_NAME, protocol=protocol, seed=seed,
+                 steps=range(first, first + steps), batch=batch, call=call, tally=tally, progress=progress)
+        except BaseException:
+            with contextlib.suppress(DbgpuError):   # the first error is the one to report
+                _record_call(out, doc, call, tally)
+            raise
+        _record_call(out, doc, call, tally)
     return {**call, "discovered": list(frontier.discovered), "log": str(out / LOG_NAME)}

@@ -22,7 +22,7 @@ import numpy as np
 
 from dbgpu.version import __version__
 from dbgpu.errors import DbgpuWarning
-from dbgpu.io import ensure_out_dir, json_safe, write_bytes_atomic, write_json_atomic
+from dbgpu.io import json_safe, locked_dir, write_bytes_atomic, write_json_atomic
 
 #: how many states (lowest potential first) the report's graph figure draws
 GRAPH_STATES = 24
@@ -84,12 +84,12 @@ def _stats_doc(input_path, data, edges, fit, body: dict, *, reject: str, thresho
 
 
 def _write_outputs(out_dir, *, potential: dict, stats: dict, points: dict) -> None:
-    out = Path(ensure_out_dir(out_dir))
     buf = io.BytesIO()
     np.savez(buf, **points)
-    write_bytes_atomic(out / "fit_points.npz", buf.getvalue())
-    write_json_atomic(out / "potential.json", potential)
-    write_json_atomic(out / "stats.json", stats)
+    with locked_dir(out_dir) as out:
+        write_bytes_atomic(out / "fit_points.npz", buf.getvalue())
+        write_json_atomic(out / "potential.json", potential)
+        write_json_atomic(out / "stats.json", stats)
 
 
 def fit_input(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, reject: str = "high",

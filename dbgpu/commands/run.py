@@ -60,26 +60,34 @@ def run_job(*, model: str, task, n_states: int, out: str | Path, template_path=N
             method: str = "tree", device="auto", dtype="auto", cache_dir=None, batch_tokens: int = 16384,
             max_logits: int | None = None, progress: bool = True, log=print) -> dict:
     """Seed states -> score -> fit -> report in `out`. Returns {"meta", "stats", "report"}."""
-    from dbgpu.commands.fit import fit_input
-    from dbgpu.commands.score import score_job
-    from dbgpu.io import read_json
-    from dbgpu.report import write_report
+    from dbgpu.commands.score import check_score_options
+    from dbgpu.io import check_out_dir, locked_dir
 
     if n_states < 2:
         raise DbgpuError(f"--n-states must be at least 2, got {n_states}")
+    check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens)
     states = task.seed_states(n_states)
+    with locked_dir(check_out_dir(out)):         # score, fit and report write here: one writer
+        return _run(model=model, task=task, states=states, out=Path(out), template_path=template_path,
+                    temperature=temperature, method=method, device=device, dtype=dtype, cache_dir=cache_dir,
+                    batch_tokens=batch_tokens, max_logits=max_logits, progress=progress, log=log)
+
+
+def _run(*, model, task, states, out: Path, device, log, **scoring) -> dict:
+    from dbgpu.commands.fit import fit_input
+    from dbgpu.commands.report import report_job
+    from dbgpu.commands.score import score_job
+    from dbgpu.io import read_json
+
     log(f"dbgpu run: task {task.name}, model {model}, {len(states)} states -> {out}")
-    meta = score_job(model=model, task=task, states=states, out=out, template_path=template_path,
-                     temperature=temperature, device=device, dtype=dtype, cache_dir=cache_dir, method=method,
-                     batch_tokens=batch_tokens, max_logits=max_logits, progress=progress)
+    meta = score_job(model=model, task=task, states=states, out=out, device=device, **scoring)
     log(f"model {meta['model']} on {meta['device']} ({meta['dtype']}), loaded in {meta['load_seconds']:.1f} s"
         f"{' from cache' if meta['loaded_from_cache'] else ''}; scored {len(states) ** 2} pairs in "
         f"{meta['seconds']:.1f} s ({meta['tokens']} tokens)")
-    out = Path(out)
     log("")
     log(kernel_summary(states, np.load(out / "logT.npy")))
     stats = fit_input(out, out, device="cpu" if device == "cpu" else "auto")
-    report = write_report(out)
+    report = report_job(out)
     log("")
     log(analysis_summary(stats, read_json(out / "potential.json")))
     log("")

@@ -11,7 +11,7 @@ import datetime as _dt
 from pathlib import Path
 
 from dbgpu.errors import check_positive, check_temperature
-from dbgpu.io import check_out_dir
+from dbgpu.io import check_out_dir, locked_dir
 from dbgpu.tasks import Task
 
 
@@ -32,18 +32,30 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
     """Score `states` under `model` and write a score directory. Returns meta.json's dict."""
     from dbgpu.data import write_score_dir
     from dbgpu.models import load_model
-    from dbgpu.provenance import versions
     from dbgpu.scoring import exact_kernel
-    from dbgpu.tasks import canonical_states, template_sha256
+    from dbgpu.tasks import canonical_states
 
     check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens)
     states = canonical_states(task, states)
     out = check_out_dir(out)
-    if lm is None:
-        lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
-    logT, prompts, stats = exact_kernel(lm, task, states, temperature=temperature, method=method,
-                                        batch_tokens=batch_tokens, max_logits=max_logits, progress=progress)
-    meta = {
+    with locked_dir(out):                        # one writer per directory, from here on
+        if lm is None:
+            lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+        logT, prompts, stats = exact_kernel(lm, task, states, temperature=temperature, method=method,
+                                            batch_tokens=batch_tokens, max_logits=max_logits, progress=progress)
+        meta = _meta(model=model, lm=lm, task=task, states=states, template_path=template_path,
+                     temperature=temperature, method=method, stats=stats)
+        write_score_dir(out, states, logT, prompts=prompts, meta=meta)
+    return meta
+
+
+def _meta(*, model: str, lm, task: Task, states: list[str], template_path, temperature: float, method: str,
+          stats) -> dict:
+    """meta.json: what was scored, with what, how fast, and the versions."""
+    from dbgpu.provenance import versions
+    from dbgpu.tasks import template_sha256
+
+    return {
         "model": model,
         "resolved": lm.resolved,
         "task": task.name,
@@ -63,5 +75,3 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
         "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    write_score_dir(out, states, logT, prompts=prompts, meta=meta)
-    return meta
