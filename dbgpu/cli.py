@@ -57,6 +57,27 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-logits", type=int, default=None,
                    help="tree: bound on rows x kept positions x vocab per forward "
                         "(default 2^28 on CUDA, 2^26 on CPU; halved automatically on out-of-memory)")
+    g.add_argument("--rows-per-block", type=int, default=128, metavar="R",
+                   help="source rows per shard: each block is written as it finishes, so a crash loses "
+                        "at most the blocks in flight and a second call resumes (default 128)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh when DIR holds a score with other settings (default: refuse)")
+    _threads_option(g)
+
+
+def _threads_option(g) -> None:
+    g.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="CPU threads for torch (default 0: torch's default); 1 per process when several "
+                        "share the cores (torchrun on a CPU, a busy machine)")
+
+
+def _set_threads(args) -> None:
+    if args.threads < 0:
+        raise DbgpuError(f"--threads must be >= 0, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)   # this process only
 
 
 def _task_from(args):
@@ -68,9 +89,11 @@ def _task_from(args):
 
 def _scoring_kwargs(args) -> dict:
     """The model, task and scoring options that score and run share, as job keywords."""
+    _set_threads(args)
     return dict(model=args.model, template_path=args.template, temperature=args.temperature,
                 device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, method=args.method,
-                batch_tokens=args.batch_tokens, max_logits=args.max_logits, progress=not args.quiet)
+                batch_tokens=args.batch_tokens, max_logits=args.max_logits, rows_per_block=args.rows_per_block,
+                overwrite=args.overwrite, progress=not args.quiet)
 
 
 def _add_score(sub) -> None:
@@ -95,8 +118,15 @@ def _cmd_score(args) -> int:
     task = _task_from(args)
     states = read_states_file(args.states) if args.states else parse_state_list(args.state_list)
     meta = score_job(task=task, states=states, out=args.out, **_scoring_kwargs(args))
+    if meta is None:                              # another rank of a launched job: rank 0 reports
+        return 0
+    if meta.get("already_complete"):
+        print(f"{args.out} already holds this score ({meta['n_states']}x{meta['n_states']} pairs): nothing to do")
+        return 0
+    sh = meta["shards"]
     print(f"scored {meta['n_states']}x{meta['n_states']} pairs in {meta['seconds']:.1f} s "
-          f"({meta['tokens']} tokens) -> {args.out}")
+          f"({meta['tokens']} tokens; {sh['blocks']} row blocks, {sh['rows_per_call'].get(str(len(sh['calls']) - 1), 0)} "
+          f"rows this call) -> {args.out}")
     return 0
 
 
@@ -139,9 +169,7 @@ def _add_fit(sub) -> None:
                    help="where the fit runs (default auto: CUDA when available)")
     p.add_argument("--method", choices=("newton", "lbfgs"), default="newton",
                    help="optimiser (default newton: Newton-CG on the graph Laplacian)")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="CPU threads for torch (default 0: torch's default); 1 is fastest on a "
-                        "machine whose cores are busy with other work")
+    _threads_option(p)
     p.set_defaults(func=_cmd_fit)
 
 
@@ -151,12 +179,7 @@ def _cmd_fit(args) -> int:
     from dbgpu.commands.fit import fit_input
     from dbgpu.console import fmt
 
-    if args.threads < 0:
-        raise DbgpuError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)   # this process only
+    _set_threads(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

@@ -94,7 +94,7 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, task_n
                 lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
             log(f"[{label}] scoring {len(states)}x{len(states)} pairs -> {run_dir}")
             score_job(model=model, task=task, states=states, out=run_dir, template_path=t,
-                      temperature=temperature, method=method, progress=progress, lm=lm)
+                      temperature=temperature, method=method, progress=progress, lm=lm, overwrite=True)
         fit_input(run_dir, run_dir, device="cpu" if str(device) == "cpu" else "auto")
         report_job(run_dir)
         runs.append({"label": label, "dir": str(run_dir), "reused": reused, "states": states,

@@ -58,19 +58,27 @@ def analysis_summary(stats: dict, potential: dict, *, top: int = 5) -> str:
 
 def run_job(*, model: str, task, n_states: int, out: str | Path, template_path=None, temperature: float = 1.0,
             method: str = "tree", device="auto", dtype="auto", cache_dir=None, batch_tokens: int = 16384,
-            max_logits: int | None = None, progress: bool = True, log=print) -> dict:
+            max_logits: int | None = None, rows_per_block: int = 128, overwrite: bool = False,
+            progress: bool = True, log=print) -> dict:
     """Seed states -> score -> fit -> report in `out`. Returns {"meta", "stats", "report"}."""
+    import contextlib
+
     from dbgpu.commands.score import check_score_options
+    from dbgpu.distributed import launched
     from dbgpu.io import check_out_dir, locked_dir
 
     if n_states < 2:
         raise DbgpuError(f"--n-states must be at least 2, got {n_states}")
-    check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens)
+    check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens,
+                        rows_per_block=rows_per_block)
     states = task.seed_states(n_states)
-    with locked_dir(check_out_dir(out)):         # score, fit and report write here: one writer
+    out = check_out_dir(out)
+    main = launched().main                       # under torchrun, rank 0 writes and reports
+    with locked_dir(out) if main else contextlib.nullcontext():   # score, fit and report: one writer
         return _run(model=model, task=task, states=states, out=Path(out), template_path=template_path,
                     temperature=temperature, method=method, device=device, dtype=dtype, cache_dir=cache_dir,
-                    batch_tokens=batch_tokens, max_logits=max_logits, progress=progress, log=log)
+                    batch_tokens=batch_tokens, max_logits=max_logits, rows_per_block=rows_per_block,
+                    overwrite=overwrite, progress=progress, log=log)
 
 
 def _run(*, model, task, states, out: Path, device, log, **scoring) -> dict:
@@ -81,6 +89,8 @@ def _run(*, model, task, states, out: Path, device, log, **scoring) -> dict:
 
     log(f"dbgpu run: task {task.name}, model {model}, {len(states)} states -> {out}")
     meta = score_job(model=model, task=task, states=states, out=out, device=device, **scoring)
+    if meta is None:                              # another rank of a launched job: rank 0 goes on
+        return {}
     log(f"model {meta['model']} on {meta['device']} ({meta['dtype']}), loaded in {meta['load_seconds']:.1f} s"
         f"{' from cache' if meta['loaded_from_cache'] else ''}; scored {len(states) ** 2} pairs in "
         f"{meta['seconds']:.1f} s ({meta['tokens']} tokens)")

@@ -1,21 +1,36 @@
 """`dbgpu score`: the exact kernel of a state set under one model, as a score directory.
 
-Validates every option and the state list before loading anything, scores all pairs
-(`dbgpu.scoring.exact_kernel`), and writes states.json, logT.npy, prompts.json and
-meta.json (last), each atomically (`dbgpu.data.write_score_dir`).
+Validates every option and the state list before loading anything. The source rows are
+cut into blocks (`dbgpu.shards`); each block is scored and written as a row shard as soon
+as it finishes, so `dbgpu score` on the same directory with the same settings resumes,
+scoring only the missing blocks, and different settings are a one-line error (or
+`overwrite=True` starts afresh). Under `torchrun` / `accelerate launch` the ranks share
+the missing blocks, balanced by token count, each writing its own shards; rank 0 holds
+the directory's lock and assembles. Once every row exists, states.json, logT.npy,
+prompts.json and meta.json (last) are written atomically and the shards removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import hashlib
+import json
+import time
 from pathlib import Path
 
-from dbgpu.errors import check_positive, check_temperature
-from dbgpu.io import check_out_dir, locked_dir
+import numpy as np
+
+from dbgpu.errors import DbgpuError, check_positive, check_temperature
+from dbgpu.io import check_out_dir, locked_dir, read_json, write_json_atomic
 from dbgpu.tasks import Task
 
+#: the files a score directory holds (what `overwrite` clears)
+SCORE_FILES = ("states.json", "logT.npy", "prompts.json", "meta.json")
 
-def check_score_options(*, temperature: float, method: str, max_logits: int | None, batch_tokens: int) -> None:
+
+def check_score_options(*, temperature: float, method: str, max_logits: int | None, batch_tokens: int,
+                        rows_per_block: int = 128) -> None:
     """Every scoring option, checked before any work (one-line errors)."""
     from dbgpu.scoring import check_method
 
@@ -23,40 +38,212 @@ def check_score_options(*, temperature: float, method: str, max_logits: int | No
     check_method(method)
     check_positive("max logits", max_logits, allow_none=True)
     check_positive("batch tokens", batch_tokens)
+    check_positive("rows per block", rows_per_block)
+
+
+def _sha256(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def job_settings(*, model: str, task: Task, states: list[str], temperature: float, method: str, device_type: str,
+                 dtype: str, rows_per_block: int) -> dict:
+    """What a score directory is bound to: a resume must repeat every one of these."""
+    from dbgpu.tasks import template_sha256
+
+    return {"model": model, "task": task.name, "template_sha256": template_sha256(task),
+            "answer_prefix": task.answer_prefix, "states_sha256": _sha256(states), "n_states": len(states),
+            "temperature": temperature, "method": method, "device_type": device_type, "dtype": dtype,
+            "rows_per_block": rows_per_block}
+
+
+def _differs(stored: dict, wanted: dict) -> str | None:
+    """The first binding setting in which `stored` differs from `wanted`, said in words."""
+    for key, value in wanted.items():
+        if stored.get(key) != value:
+            if key.endswith("sha256"):
+                return f"another {key.removesuffix('_sha256').replace('_', ' ')}"
+            return f"{key} {stored.get(key)!r}, not {value!r}"
+    return None
+
+
+def _open_job(out: Path, settings: dict, *, overwrite: bool) -> tuple[dict | None, dict | None]:
+    """(job.json's document or None to start one, meta.json's dict if the directory already
+    holds this very score). Settings that differ are an error unless `overwrite`, which
+    clears the directory's score files first."""
+    from dbgpu import shards
+
+    job = read_json(out / shards.JOB, what="score job manifest") if (out / shards.JOB).exists() else None
+    meta = read_json(out / "meta.json", what="meta file") if (out / "meta.json").exists() else None
+    if job is not None:
+        why = _differs(job.get("settings", {}), settings)
+    elif meta is not None:
+        why = _differs(meta["job"], settings) if "job" in meta else "settings an older dbgpu did not record"
+    else:
+        why = None
+    if why and not overwrite:
+        raise DbgpuError(f"{out} holds a score with {why}; repeat its settings, use another --out, "
+                         f"or --overwrite")
+    if why:
+        shards.remove(out)
+        for name in SCORE_FILES:
+            (out / name).unlink(missing_ok=True)
+        return None, None
+    complete = meta if job is None and meta is not None and (out / "logT.npy").exists() else None
+    return job, complete
 
 
 def score_job(*, model: str, task: Task, states: list[str], out: str | Path, template_path=None,
               temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto", cache_dir=None,
-              batch_tokens: int = 16384, max_logits: int | None = None, progress: bool = True,
-              lm=None) -> dict:
-    """Score `states` under `model` and write a score directory. Returns meta.json's dict."""
-    from dbgpu.data import write_score_dir
-    from dbgpu.models import load_model
-    from dbgpu.scoring import exact_kernel
+              batch_tokens: int = 16384, max_logits: int | None = None, rows_per_block: int = 128,
+              overwrite: bool = False, progress: bool = True, lm=None) -> dict:
+    """Score `states` under `model` into a score directory (resuming one that is part done).
+    Returns meta.json's dict (with "already_complete": True when the directory held this
+    very score and nothing was done); None on the other ranks of a launched job."""
+    from dbgpu import distributed as dd
+    from dbgpu.devices import resolve_device, resolve_dtype
     from dbgpu.tasks import canonical_states
 
-    check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens)
+    check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens,
+                        rows_per_block=rows_per_block)
     states = canonical_states(task, states)
     out = check_out_dir(out)
-    with locked_dir(out):                        # one writer per directory, from here on
-        if lm is None:
-            lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
-        logT, prompts, stats = exact_kernel(lm, task, states, temperature=temperature, method=method,
-                                            batch_tokens=batch_tokens, max_logits=max_logits, progress=progress)
-        meta = _meta(model=model, lm=lm, task=task, states=states, template_path=template_path,
-                     temperature=temperature, method=method, stats=stats)
-        write_score_dir(out, states, logT, prompts=prompts, meta=meta)
+    ranks = dd.launched()
+    dev = lm.device if lm is not None else resolve_device(dd.rank_device(device, ranks))
+    dt = lm.dtype if lm is not None else resolve_dtype(dtype, dev)
+    settings = job_settings(model=model, task=task, states=states, temperature=temperature, method=method,
+                            device_type=dev.type, dtype=str(dt).removeprefix("torch."), rows_per_block=rows_per_block)
+    dd.start(ranks, dev)
+    try:
+        with locked_dir(out) if ranks.main else contextlib.nullcontext():
+            job, complete = _agree_on_job(out, settings, overwrite=overwrite, ranks=ranks, dev=dev)
+            if complete is not None:
+                return complete if ranks.main else None
+            if lm is None:
+                from dbgpu.models import load_model
+
+                lm = load_model(model, device=dev, dtype=dt, cache_dir=cache_dir)
+            return _score(lm, task, states, out, job=job, settings=settings, ranks=ranks, template_path=template_path,
+                          options=dict(temperature=temperature, method=method, batch_tokens=batch_tokens,
+                                       max_logits=max_logits), progress=progress)
+    finally:
+        dd.stop(ranks)
+
+
+def _agree_on_job(out: Path, settings: dict, *, overwrite: bool, ranks, dev):
+    """Rank 0 opens the job (checks, clears on overwrite); every rank learns whether it may
+    go on. Returns (job or None, meta if the score is already complete)."""
+    from dbgpu import distributed as dd
+
+    job, complete, problem = None, None, None
+    if ranks.main:
+        try:
+            job, complete = _open_job(out, settings, overwrite=overwrite)
+        except DbgpuError as e:
+            problem = e
+    if not dd.all_agree(problem is None, ranks, dev):
+        raise problem or DbgpuError("rank 0 refused the job (see its message)")
+    if not dd.all_agree(complete is None, ranks, dev):
+        return None, {**complete, "already_complete": True} if ranks.main else {"rank": ranks.rank}
+    return job, None
+
+
+def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, settings: dict, ranks,
+           template_path, options: dict, progress: bool) -> dict:
+    """Score this rank's share of the missing blocks, then (rank 0) assemble the directory."""
+    from dbgpu import distributed as dd
+    from dbgpu import shards
+    from dbgpu.formatting import encode_states
+
+    t0 = time.perf_counter()
+    enc = encode_states(lm.tokenizer, task, states)
+    prompts_sha = _sha256(enc.prompts_json)
+    if job is not None and job.get("prompts_sha256") not in (None, prompts_sha):
+        raise DbgpuError(f"{out} was scored with other prompt texts (another tokenizer or chat template); "
+                         f"use another --out or --overwrite")
+    blocks = shards.plan_blocks(np.array([len(p) for p in enc.prompt_ids]), settings["rows_per_block"])
+    call = len(job["calls"]) if job else 0
+    if ranks.main:
+        job = job or {"settings": settings, "prompts_sha256": prompts_sha, "n_blocks": len(blocks), "calls": []}
+        job["calls"].append({"call": call, "started": _now(), "world": ranks.world, "device": str(lm.device)})
+        write_json_atomic(out / shards.JOB, job)
+    dd.barrier(ranks)
+    done, damaged = shards.read_shards(out, blocks, len(states))
+    missing = [k for k in range(len(blocks)) if k not in done]
+    weight = np.array([sum(len(enc.prompt_ids[i]) for i in b) for b in blocks], dtype=float)
+    mine = shards.assign_blocks(missing, weight, ranks.world)[ranks.rank]
+    _score_blocks(lm, enc, blocks, mine, out, call=call, options=options, progress=progress and ranks.main)
+    dd.barrier(ranks)
+    if not ranks.main:
+        return None
+    job["calls"][-1].update(damaged=[p.name for p in damaged], wall_seconds=time.perf_counter() - t0)
+    write_json_atomic(out / shards.JOB, job)
+    return _assemble(lm, task, states, out, enc=enc, job=job, template_path=template_path,
+                     temperature=options["temperature"], method=options["method"])
+
+
+def _score_blocks(lm, enc, blocks: list[np.ndarray], mine: list[int], out: Path, *, call: int, options: dict,
+                  progress: bool) -> None:
+    """Score the blocks `mine`, writing each one's shard as it finishes."""
+    from dbgpu import shards
+    from dbgpu.console import progress as progress_bar
+    from dbgpu.scoring import ScoreStats, score_matrix
+
+    method, temperature = options["method"], options["temperature"]
+    kw = {"batch_tokens": options["batch_tokens"]} if method == "plain" else {"max_logits": options["max_logits"]}
+    n = len(enc.cont_ids)
+    bar = progress_bar(total=sum(len(blocks[k]) for k in mine) * n, enabled=progress, desc="scoring pairs",
+                       unit="pair")
+    for k in mine:
+        rows = blocks[k]
+        stats = ScoreStats()
+        logT = score_matrix(lm.model, [enc.prompt_ids[i] for i in rows], enc.cont_ids, method=method,
+                            temperature=temperature, pad_id=lm.tokenizer.pad_token_id, stats=stats, **kw)
+        shards.write_shard(out, k, rows, logT, stats=stats.as_dict(), call=call)
+        bar.update(len(rows) * n)
+    bar.close()
+
+
+def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, temperature, method) -> dict:
+    """Every shard present: write the score directory (meta.json last) and drop the shards."""
+    from dbgpu import shards
+    from dbgpu.data import write_score_dir
+    from dbgpu.scoring.stats import merge_stats
+    from dbgpu.scoring.trie import trie_lower_bound
+
+    blocks = shards.plan_blocks(np.array([len(p) for p in enc.prompt_ids]), job["settings"]["rows_per_block"])
+    done, damaged = shards.read_shards(out, blocks, len(states))
+    if damaged or len(done) != len(blocks):
+        raise DbgpuError(f"{out}: {len(blocks) - len(done)} of {len(blocks)} row blocks are missing after "
+                         f"scoring (a rank failed?); run the same command again to score them")
+    stats = merge_stats([s.stats for s in done.values()])
+    bound = trie_lower_bound(enc.prompt_ids, enc.cont_ids)
+    stats.update(trie_lower_bound=bound, tokens_over_lower_bound=stats["tokens"] / bound)
+    per_call = {}
+    for s in done.values():
+        per_call[str(s.call)] = per_call.get(str(s.call), 0) + len(s.rows)
+    meta = _meta(lm=lm, task=task, states=states, template_path=template_path, temperature=temperature,
+                 method=method, stats=stats, job=job)
+    meta["shards"] = {"blocks": len(blocks), "rows_per_block": job["settings"]["rows_per_block"],
+                      "rows_scored": int(sum(per_call.values())), "rows_per_call": per_call,
+                      "damaged_rescored": sum(len(c.get("damaged", [])) for c in job["calls"]),
+                      "calls": job["calls"]}
+    write_score_dir(out, states, shards.assemble(done, len(states)), prompts=enc.prompts_json, meta=meta)
+    shards.remove(out)
     return meta
 
 
-def _meta(*, model: str, lm, task: Task, states: list[str], template_path, temperature: float, method: str,
-          stats) -> dict:
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _meta(*, lm, task: Task, states: list[str], template_path, temperature: float, method: str,
+          stats: dict, job: dict) -> dict:
     """meta.json: what was scored, with what, how fast, and the versions."""
     from dbgpu.provenance import versions
     from dbgpu.tasks import template_sha256
 
     return {
-        "model": model,
+        "model": job["settings"]["model"],
         "resolved": lm.resolved,
         "task": task.name,
         "template": str(template_path) if template_path else None,
@@ -67,11 +254,13 @@ def _meta(*, model: str, lm, task: Task, states: list[str], template_path, tempe
         "method": method,
         "dtype": str(lm.dtype).removeprefix("torch."),
         "device": str(lm.device),
-        "seconds": stats.seconds,
-        "tokens": stats.tokens,
+        "seconds": stats["seconds"],
+        "tokens": stats["tokens"],
         "load_seconds": lm.load_seconds,
         "loaded_from_cache": lm.from_cache,
-        "scoring": stats.as_dict(),
+        "scoring": stats,
+        "job": job["settings"],
+        "prompts_sha256": job["prompts_sha256"],
         "versions": versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _now(),
     }

@@ -37,3 +37,28 @@ class ScoreStats:
 
         if device.type == "cuda":
             self.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+
+
+def merge_stats(parts: list[dict]) -> dict:
+    """ScoreStats.as_dict() of several scoring calls (row blocks) as one: counters and
+    seconds summed (compute seconds, summed over ranks), peak memory and chunks the most,
+    rows per forward the fewest; rates recomputed from the sums."""
+    total: dict = {}
+    summed = ("seconds", "forward_passes", "tokens", "padded_tokens", "logit_positions", "pairs", "oom_backoffs")
+    for p in parts:
+        for k, v in p.items():
+            if k in summed:
+                total[k] = total.get(k, 0) + (v or 0)
+            elif k in ("peak_memory_bytes", "target_chunks"):
+                total[k] = v if total.get(k) is None else max(total[k], v or 0)
+            elif k in ("rows_per_forward", "shared_prefix"):
+                total[k] = v if k not in total else min(total[k], v)
+            elif k not in ("pairs_per_second", "tokens_per_second"):
+                total.setdefault(k, v)
+    for k in summed[:-1]:
+        total.setdefault(k, 0)
+    total.setdefault("peak_memory_bytes", None)
+    secs = total["seconds"]
+    total["pairs_per_second"] = total["pairs"] / secs if secs else None
+    total["tokens_per_second"] = total["tokens"] / secs if secs else None
+    return total

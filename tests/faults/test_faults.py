@@ -352,3 +352,31 @@ def test_files_and_directories_get_the_umask_modes(tmp_path, mask, file_mode, di
         assert mode == (dir_mode if p.is_dir() else file_mode), (p, oct(mode))
         seen += 1
     assert seen > 20                           # score, fit, report and explore outputs, both dirs
+
+
+# --------------------------------------------------------------------------- score: kill -9, resume
+
+
+@pytest.mark.slow
+def test_kill9_during_score_then_resume_gives_the_uninterrupted_matrix(tmp_path, word_task):
+    import numpy as np
+
+    states = tmp_path / "states.json"
+    states.write_text(json.dumps(word_task.seed_states(48)))
+    args = ["score", "--model", "random:llama", "--task", "word100", "--states", states, "--device", "cpu",
+            "--quiet", "--method", "plain", "--rows-per-block", "4", "--threads", "1"]
+    ref = tmp_path / "ref"
+    assert run([*args, "--out", ref]).returncode == 0
+    out = tmp_path / "run"
+    proc = start([*args, "--out", out])
+    while proc.poll() is None and not any((out / "shards").glob("*.npz")):
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    if (out / "meta.json").exists():
+        pytest.skip("the score finished before the kill")
+    assert not (out / "logT.npy").exists()                        # no half matrix, only whole shards
+    r = run([*args, "--out", out])
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(out / "logT.npy"), np.load(ref / "logT.npy"))
+    assert json.loads((out / "meta.json").read_text())["shards"]["rows_scored"] == 48
