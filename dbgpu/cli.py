@@ -258,6 +258,8 @@ def _cmd_compare(args) -> int:
                          answer_prefix=args.answer_prefix, temperature=args.temperature, method=args.method,
                          device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
                          progress=not args.quiet)
+    if not result:                                # another rank of a launched job: rank 0 reports
+        return 0
     for r in result["pairs"]:
         print(f"{r['a']}  vs  {r['b']}: {r['shared_bounded']} shared bounded states, Pearson V "
               f"{fmt(r['pearson_V'])}, Spearman V {fmt(r['spearman_V'])}, slope {fmt(r['slope_V'])}, "

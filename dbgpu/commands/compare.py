@@ -9,6 +9,7 @@ db_index.{png,pdf}, and one score + fit directory per run under runs/.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, task_n
     from dbgpu.commands.fit import fit_input
     from dbgpu.commands.report import report_job
     from dbgpu.commands.score import score_job
+    from dbgpu.distributed import launched, rank_device
     from dbgpu.models import load_model
     from dbgpu.tasks import template_sha256
 
@@ -91,10 +93,11 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, task_n
             log(f"[{label}] reusing the scores in {run_dir}")
         else:
             if lm is None:
-                lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+                lm = load_model(model, device=rank_device(device, launched()), dtype=dtype, cache_dir=cache_dir)
             log(f"[{label}] scoring {len(states)}x{len(states)} pairs -> {run_dir}")
-            score_job(model=model, task=task, states=states, out=run_dir, template_path=t,
-                      temperature=temperature, method=method, progress=progress, lm=lm, overwrite=True)
+            if score_job(model=model, task=task, states=states, out=run_dir, template_path=t,
+                         temperature=temperature, method=method, progress=progress, lm=lm, overwrite=True) is None:
+                continue                          # another rank of a launched job: rank 0 fits
         fit_input(run_dir, run_dir, device="cpu" if str(device) == "cpu" else "auto")
         report_job(run_dir)
         runs.append({"label": label, "dir": str(run_dir), "reused": reused, "states": states,
@@ -108,6 +111,7 @@ def compare_job(*, models: list[str], templates: list[str | None], task_name: st
                 answer_prefix: str | None = None, temperature: float = 1.0, method: str = "tree",
                 device="auto", dtype="auto", cache_dir=None, progress: bool = True, log=print) -> dict:
     """Score (or reuse), fit and compare every model x template run. Returns compare.json's dict."""
+    from dbgpu.distributed import launched
     from dbgpu.models import resolve_model
     from dbgpu.tasks import canonical_states, get_task, read_template
 
@@ -117,12 +121,16 @@ def compare_job(*, models: list[str], templates: list[str | None], task_name: st
     states = canonical_states(next(iter(tasks.values())), states)
     for m in models:
         resolve_model(m, cache_dir=cache_dir)          # unknown models fail before any work
-    with locked_dir(check_out_dir(out)) as out:
+    out = check_out_dir(out)
+    main = launched().main                           # under torchrun every rank scores, rank 0 compares
+    with locked_dir(out) if main else contextlib.nullcontext():
         runs = []
         for model in models:
             runs += _model_runs(model, templates, tasks, states=states, out=out, task_name=task_name,
                                 temperature=temperature, method=method, device=device, dtype=dtype,
-                                cache_dir=cache_dir, progress=progress, log=log)
+                                cache_dir=cache_dir, progress=progress, log=log if main else (lambda *a: None))
+        if not main:
+            return {}
         return _write_comparison(out, runs, task_name=task_name, states=states, temperature=temperature)
 
 
