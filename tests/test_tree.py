@@ -88,7 +88,8 @@ def test_out_of_memory_backoff_keeps_every_row(tiny_lms, word_task, monkeypatch)
     P, C = _ids(lm, word_task)
     expected = score_matrix(lm.model, P, C, method="plain")
     model = lm.model
-    original = model.forward
+    decoder = model.model                     # the scorers run the decoder; the head is dbgpu's
+    original = decoder.forward
     seen = []
 
     @functools.wraps(original)
@@ -99,7 +100,7 @@ def test_out_of_memory_backoff_keeps_every_row(tiny_lms, word_task, monkeypatch)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(model, "forward", flaky)
+    monkeypatch.setattr(decoder, "forward", flaky)
     stats = ScoreStats()
     got = tree_score_matrix(model, P, C, max_rows=64, stats=stats)
     np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
@@ -115,7 +116,7 @@ def test_other_errors_are_not_swallowed(tiny_lms, word_task, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(lm.model, "forward", functools.wraps(lm.model.forward)(broken))
+    monkeypatch.setattr(lm.model.model, "forward", functools.wraps(lm.model.model.forward)(broken))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         tree_score_matrix(lm.model, P, C)
 

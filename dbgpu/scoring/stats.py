@@ -1,25 +1,36 @@
-"""Work accounting for one scoring call: what ran through the model and how fast."""
+"""Work accounting for one scoring call: what ran through the model, how fast, in which stage."""
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+STAGES = ("prefix", "masks", "forward", "head", "reduction", "transfer")
 
 
 @dataclass
 class ScoreStats:
-    """Counters a scorer adds to; `as_dict` is what meta.json records under `scoring`."""
+    """Counters a scorer adds to; `as_dict` is what meta.json records under `scoring`.
+
+    Stages (`STAGES`) are timed with `stage(...)`, which also labels them for
+    torch.profiler (`dbgpu.<stage>`). With `sync` (set by `dbgpu score --profile`) each
+    stage ends with a CUDA synchronize, so its wall time is the device's, not the launch's.
+    """
 
     seconds: float = 0.0
     forward_passes: int = 0
     tokens: int = 0             # real (non-pad) token positions run through the model
     padded_tokens: int = 0      # positions including padding
-    logit_positions: int = 0    # positions whose logits were computed (lm head + log-softmax)
+    logit_positions: int = 0    # positions whose logits were computed (float32 head + log-softmax)
     pairs: int = 0
     peak_memory_bytes: int | None = None
+    stage_seconds: dict = field(default_factory=dict)
+    sync: bool = False
     extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("extra", "sync")}
         d["pairs_per_second"] = self.pairs / self.seconds if self.seconds else None
         d["tokens_per_second"] = self.tokens / self.seconds if self.seconds else None
         return {**d, **self.extra}
@@ -31,9 +42,33 @@ class ScoreStats:
         self.padded_tokens += padded
         self.logit_positions += logits
 
-    def record_peak_memory(self, device) -> None:
-        """Peak CUDA memory allocated on `device` since its last reset (nothing on the CPU)."""
+    @contextmanager
+    def stage(self, name: str, device):
+        """Time a stage (adding to stage_seconds[name]) under a profiler label."""
         import torch
 
-        if device.type == "cuda":
-            self.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+        from dbgpu.devices import synchronize
+
+        with torch.profiler.record_function(f"dbgpu.{name}"):
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                if self.sync:
+                    synchronize(device)
+                self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def begin(self, device) -> None:
+        """A measured scoring call starts: the peak-memory measurement starts here (CUDA)."""
+        from dbgpu.devices import reset_peak_memory
+
+        reset_peak_memory(device)
+
+    def record_peak_memory(self, device) -> None:
+        """Peak CUDA memory allocated on `device` since `begin` (nothing on the CPU); the
+        largest over the calls counted into these stats."""
+        from dbgpu.devices import peak_memory
+
+        peak = peak_memory(device)
+        if peak is not None:
+            self.peak_memory_bytes = max(peak, self.peak_memory_bytes or 0)
