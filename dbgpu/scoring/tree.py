@@ -91,9 +91,14 @@ def _rope_settings(config) -> list[dict]:
     return [rp] if rp else []
 
 
-def check_tree_supported(model, *, max_length: int) -> None:
+def check_tree_supported(model, *, prefix_length: int, max_length: int) -> None:
     """Raise a one-line DbgpuError (naming --method plain) when the tree scorer cannot
-    reproduce this model's per-pair forward exactly for sequences of up to max_length tokens."""
+    reproduce this model's per-pair forward exactly: prompts sharing `prefix_length` tokens,
+    prompt + answer up to `max_length` tokens.
+
+    Rope scalings that switch frequencies with the sequence length (dynamic, longrope) pick
+    them from the longest position of each forward; the shared prefix's pass and the pairs'
+    own forwards then agree only if all lie on one side of the switch."""
     config = text_config(model)
     kind = config.model_type
     if kind not in TREE_ARCHITECTURES:
@@ -104,10 +109,11 @@ def check_tree_supported(model, *, max_length: int) -> None:
                          "serve; use --method plain")
     for rope in _rope_settings(config):
         original = rope.get("original_max_position_embeddings") or getattr(config, "max_position_embeddings", 0)
-        if rope.get("rope_type") in _LENGTH_DEPENDENT_ROPE and max_length > original:
+        if rope.get("rope_type") in _LENGTH_DEPENDENT_ROPE and prefix_length <= original < max_length:
             raise DbgpuError(f"{kind} with {rope['rope_type']} rope changes its frequencies beyond "
-                             f"{original} tokens and prompt + answer reach {max_length}: the tree scorer "
-                             "cannot serve it exactly; use --method plain")
+                             f"{original} tokens, between the shared prompt prefix ({prefix_length}) and the "
+                             f"longest prompt + answer ({max_length}): the tree scorer cannot serve it "
+                             "exactly; use --method plain")
 
 
 def check_attention(model) -> None:
@@ -246,7 +252,8 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     check_temperature(temperature)
     if not prompts or not conts or min(map(len, prompts)) == 0 or min(map(len, conts)) == 0:
         raise DbgpuError("a prompt or continuation has no tokens")
-    check_tree_supported(model, max_length=max(map(len, prompts)) + max(map(len, conts)))
+    P = common_prefix_length(prompts)
+    check_tree_supported(model, prefix_length=P, max_length=max(map(len, prompts)) + max(map(len, conts)))
     stats = stats if stats is not None else ScoreStats()
     head = output_head(model)
     device, V = head.weight.device, head.vocab_size
@@ -254,8 +261,7 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     stats.begin(device)
     t0 = time.perf_counter()
 
-    P = common_prefix_length(prompts)                 # 1. the shared prefix, once
-    prefix_kv = []
+    prefix_kv = []                                    # 1. the shared prefix (P tokens), once
     if P > 0:
         with stats.stage("prefix", device):
             cache = run_prefix(model, prompts[0][:P], full_layers=True)
