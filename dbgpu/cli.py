@@ -82,6 +82,9 @@ def _add_score(sub) -> None:
     src.add_argument("--states", metavar="FILE", help="JSON list, text file (one per line) or score dir")
     src.add_argument("--state-list", metavar="A,B,C", help="comma-separated states")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="run under torch.profiler: DIR/trace.json (Chrome/Perfetto trace) and DIR/stages.md "
+                        "(time per stage: prefix, masks, forward, head, reduction, transfer; tokens/s), printed too")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
 
@@ -92,9 +95,13 @@ def _cmd_score(args) -> int:
 
     task = _task_from(args)
     states = read_states_file(args.states) if args.states else parse_state_list(args.state_list)
-    meta = score_job(task=task, states=states, out=args.out, **_scoring_kwargs(args))
+    meta = score_job(task=task, states=states, out=args.out, profile=args.profile, **_scoring_kwargs(args))
     print(f"scored {meta['n_states']}x{meta['n_states']} pairs in {meta['seconds']:.1f} s "
           f"({meta['tokens']} tokens) -> {args.out}")
+    if "profile" in meta:
+        print(meta["profile"]["table"])
+        print(f"profile: {meta['profile']['trace']} (open in ui.perfetto.dev or chrome://tracing), "
+              f"{meta['profile']['dir']}/stages.md")
     return 0
 
 

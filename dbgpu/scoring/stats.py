@@ -72,3 +72,25 @@ class ScoreStats:
         peak = peak_memory(device)
         if peak is not None:
             self.peak_memory_bytes = max(peak, self.peak_memory_bytes or 0)
+
+
+def stage_table(scoring: dict) -> str:
+    """A Markdown table of time per stage with throughput, from `ScoreStats.as_dict()`.
+
+    tokens/s: prefix and forward count the token positions run through the decoder, head
+    the positions whose float32 logits were computed; "other" is the rest of the call
+    (trie building, Python, waiting) and "total" all of it.
+    """
+    secs = scoring.get("stage_seconds") or {}
+    total = scoring.get("seconds") or sum(secs.values()) or float("nan")
+    prefix_tokens = scoring.get("shared_prefix") or 0
+    rate = {"prefix": prefix_tokens, "forward": scoring["tokens"] - prefix_tokens,
+            "head": scoring["logit_positions"]}
+    rows = [(name, secs[name], rate.get(name)) for name in STAGES if name in secs]
+    rows.append(("other", max(total - sum(secs.values()), 0.0), None))
+    rows.append(("total", total, scoring["tokens"]))
+    lines = ["| stage | seconds | share | tokens/s |", "|---|---:|---:|---:|"]
+    for name, s, n in rows:
+        tps = f"{n / s:,.0f}" if n and s > 0 else "-"
+        lines.append(f"| {name} | {s:.3f} | {s / total:.1%} | {tps} |")
+    return "\n".join(lines)
