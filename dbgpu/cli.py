@@ -53,8 +53,9 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
                    help="tree: shared-prefix cache + continuation trie (default); plain: one padded row per pair")
     g.add_argument("--batch-tokens", type=int, default=16384, help="plain: token budget per forward pass")
     g.add_argument("--max-logits", type=int, default=None,
-                   help="tree: bound on rows x kept positions x vocab per forward "
-                        "(default 2^28 on CUDA, 2^26 on CPU; halved automatically on out-of-memory)")
+                   help="float32 logits the head holds at once (both methods); tree: also the bound on "
+                        "rows x kept positions x vocab per forward (default 2^28 on CUDA, 2^26 on CPU; "
+                        "rows halved automatically on out-of-memory)")
 
 
 def _task_from(args):

@@ -1,6 +1,6 @@
 """`make gpu-check`: the CUDA tests and the GPU benchmarks at real-size shapes, in one short run.
 
-    PYTHONPATH=. python scripts/gpu_check.py [--budget 480] [--dry-run] [--no-smoke]
+    PYTHONPATH=. python scripts/gpu_check.py [--budget 420] [--dry-run] [--no-smoke]
 
 Runs with whatever python, torch and transformers the machine already has (nothing is
 installed). On a CUDA machine, in priority order, each step with its own time limit and
@@ -127,7 +127,7 @@ def write_result(step: Step, gpu: str, status: str, seconds: float, output: str)
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--budget", type=float, default=480, help="seconds for all steps together (default 480)")
+    ap.add_argument("--budget", type=float, default=420, help="seconds for all steps together (default 420)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan only")
     ap.add_argument("--no-smoke", action="store_true", help="without CUDA: skip the CPU smoke runs")
     ap.add_argument("--only", default=None, help="comma-separated step names")

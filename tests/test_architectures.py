@@ -20,7 +20,7 @@ from dbgpu.models import byte_tokenizer
 from dbgpu.scoring import score_matrix
 from dbgpu.scoring.head import OutputHead, check_head, output_head
 
-STATES = ["ATTITUDE", "BUZZY", "EXCELLENT", "TURKEY", "AT"]
+STATES = ["ATTITUDE", "BUZZY", "EXCELLENT", "AT"]
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096, vocab_size=320)
 WINDOW = 8

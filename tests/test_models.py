@@ -133,3 +133,12 @@ def test_smollm2_gguf_cold_then_cached(model_cache):
     bf16 = load_model("smollm2-135m", device="cpu", dtype="bfloat16", cache_dir=model_cache / "fresh")
     assert bf16.from_cache and next(bf16.model.parameters()).dtype == torch.bfloat16
     assert {b.dtype for n, b in bf16.model.named_buffers() if "inv_freq" in n} == {torch.float32}
+
+
+def test_revision_is_read_from_the_config_or_the_hub_cache_path(tiny_lms):
+    from dbgpu.models import _revision
+
+    model = tiny_lms("llama").model
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert _revision(model, f"/home/u/.cache/huggingface/hub/models--org--m/snapshots/{commit}") == commit
+    assert _revision(model, "/data/my-model") is None
