@@ -74,8 +74,8 @@ def test_the_cuda_float32_output_gemm_equals_the_float32_copy():
     z = head_logits(OutputHead(w, None), h)
     exact = h.double() @ w.double().T
     assert z.dtype == torch.float32
-    assert (z.double() - exact).abs().max() < 1e-4
-    assert ((h @ w.T).double() - exact).abs().max() > 1e-2               # bf16 output would round
+    assert (z.double() - exact).abs().max() < 1e-3                       # CPU float32 copy: 3.5e-5
+    assert ((h @ w.T).double() - exact).abs().max() > 1e-1               # bf16 output: 0.5 on the CPU
 
 
 def test_sampler_first_tokens_follow_the_float32_softmax_on_cuda(cuda_lms, word_task):
