@@ -78,7 +78,7 @@ def tree_masks(allowed: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor, *,
 # takes position ids as given (rotary or learned absolute positions), a 4D additive mask (or
 # a {layer kind: mask} dict) as is, and keeps every layer's keys in a plain DynamicCache.
 # tests/test_architectures.py compares each with a per-pair forward.
-TREE_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
+TREE_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3",
                       "olmo2", "gpt2")
 _LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 
