@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 # already imports a torch (a workstation may bring its own).
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv run test test-fast bench clean
+.PHONY: venv run test test-fast bench gpu-check clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,14 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PIP) -e ".[bench]"
 	$(PY) benchmarks/bench_score.py
+
+# The CUDA tests and GPU benchmarks (scripts/gpu_check.py), with whatever python/torch the
+# machine has: nothing is installed. Uses .venv/bin/python when the venv exists, else
+# python3 (GPU_PYTHON=... to choose). Without CUDA: the plan, CPU smoke runs, CUDA skipped.
+GPU_PYTHON ?= $(shell test -x $(PY) && echo $(PY) || echo python3)
+
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -58,10 +58,16 @@ def forward_flops(n_params_no_embed: int, tokens: int, logits_positions: int, hi
 
 @torch.inference_mode()
 def per_pair_loop(model, prompts, conts, pairs, device) -> np.ndarray:
+    """One unbatched forward per pair; logits of the continuation positions by the same
+    float32 head (so that in bf16 max|dlogT| measures the scorer, not the head)."""
+    from dbgpu.scoring.head import head_logits, hidden_states, output_head
+
+    head = output_head(model)
     out = np.empty(len(pairs))
     for k, (i, j) in enumerate(pairs):
         ids = torch.tensor([prompts[i] + conts[j]], device=device)
-        logits = model(input_ids=ids).logits[0, len(prompts[i]) - 1:-1].float()     # (C, V)
+        h, _ = hidden_states(model, input_ids=ids, use_cache=False)
+        logits = head_logits(head, h[0, len(prompts[i]) - 1:-1])                    # (C, V) float32
         lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(conts[j], device=device)[:, None])
         out[k] = lp.double().sum().item()
     return out
@@ -141,8 +147,8 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
         except ImportError:
             print("lm-eval not installed (pip install 'dbgpu[bench]'); skipping it", file=sys.stderr)
         else:
-            add("lm-eval", lambda: lm_eval_scores(lm, sources, targets, states, pairs, batch_size=16),
-                lambda: lm_eval_scores(lm, sources, targets, states, pairs[:4], batch_size=16))
+            add("lm-eval", lambda: lm_eval_scores(lm, enc.sources, enc.targets, states, pairs, batch_size=16),
+                lambda: lm_eval_scores(lm, enc.sources, enc.targets, states, pairs[:4], batch_size=16))
     for r in rows:
         r.update(n=n, lower_bound=bound, tree_seconds=rows[0]["seconds"])
     return rows

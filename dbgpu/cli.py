@@ -55,8 +55,9 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
                    help="tree: shared-prefix cache + continuation trie (default); plain: one padded row per pair")
     g.add_argument("--batch-tokens", type=int, default=16384, help="plain: token budget per forward pass")
     g.add_argument("--max-logits", type=int, default=None,
-                   help="tree: bound on rows x kept positions x vocab per forward "
-                        "(default 2^28 on CUDA, 2^26 on CPU; halved automatically on out-of-memory)")
+                   help="float32 logits the head holds at once (both methods); tree: also the bound on "
+                        "rows x kept positions x vocab per forward (default 2^28 on CUDA, 2^26 on CPU; "
+                        "rows halved automatically on out-of-memory)")
     g.add_argument("--rows-per-block", type=int, default=128, metavar="R",
                    help="source rows per shard: each block is written as it finishes, so a crash loses "
                         "at most the blocks in flight and a second call resumes (default 128)")
@@ -107,6 +108,9 @@ def _add_score(sub) -> None:
     src.add_argument("--states", metavar="FILE", help="JSON list, text file (one per line) or score dir")
     src.add_argument("--state-list", metavar="A,B,C", help="comma-separated states")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="run under torch.profiler: DIR/trace.json (Chrome/Perfetto trace) and DIR/stages.md "
+                        "(time per stage: prefix, masks, forward, head, reduction, transfer; tokens/s), printed too")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
 
@@ -117,7 +121,7 @@ def _cmd_score(args) -> int:
 
     task = _task_from(args)
     states = read_states_file(args.states) if args.states else parse_state_list(args.state_list)
-    meta = score_job(task=task, states=states, out=args.out, **_scoring_kwargs(args))
+    meta = score_job(task=task, states=states, out=args.out, profile=args.profile, **_scoring_kwargs(args))
     if meta is None:                              # another rank of a launched job: rank 0 reports
         return 0
     if meta.get("already_complete"):
@@ -127,6 +131,10 @@ def _cmd_score(args) -> int:
     print(f"scored {meta['n_states']}x{meta['n_states']} pairs in {meta['seconds']:.1f} s "
           f"({meta['tokens']} tokens; {sh['blocks']} row blocks, {sh['rows_per_call'].get(str(len(sh['calls']) - 1), 0)} "
           f"rows this call) -> {args.out}")
+    if "profile" in meta:
+        print(meta["profile"]["table"])
+        print(f"profile: {meta['profile']['trace']} (open in ui.perfetto.dev or chrome://tracing), "
+              f"{meta['profile']['dir']}/stages.md")
     return 0
 
 

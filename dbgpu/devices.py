@@ -35,3 +35,32 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in _DTYPES:
         raise DbgpuError(f"unknown dtype {dtype!r} (use auto, float32, bfloat16 or float16)")
     return _DTYPES[dtype]
+
+
+# ----------------------------------------------------------------------------- CUDA bookkeeping
+# Each is a no-op on the CPU; tests exercise the CUDA branch on CPU by patching torch.cuda.
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement on `device` (CUDA); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """Bytes allocated at the peak since the last reset (CUDA); None on the CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return None
+
+
+def empty_cache(device: torch.device) -> None:
+    """Return cached, unused memory to the driver (CUDA, after an out-of-memory error)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -4,19 +4,60 @@
     continuation_text(tok, task, g)  render(g) + the end-of-turn / EOS token text
     encode_states(tok, task, states) both texts and both token id lists for a state set
 
-Each text is tokenized on its own with add_special_tokens=False and the two id lists
-are concatenated (lm-evaluation-harness's convention); log T(f, g) is the sum of the
-continuation's token log-probabilities under that concatenation.
+Token ids are those the model would generate. The prompt's ids are the prompt text
+tokenized on its own (`add_special_tokens=False`, special-token texts recognised: the
+sampler's prompt ids are these). The continuation's ids are the tokens that follow the
+prompt's own tokens when prompt + continuation are tokenized TOGETHER; the prompt's ids
+must be a prefix of that joint tokenization (a tokenizer that merges the prompt's end
+with the answer's start is an error naming the state). For byte-level BPE (GPT-2,
+Llama-3, Qwen, SmolLM) this equals tokenizing the continuation on its own; SentencePiece
+tokenizers that add a prefix space (Llama-2, Mistral) would otherwise score an answer
+starting with a token sequence the model never generates.
+
+Chat templates are rendered with a fixed date (`TEMPLATE_DATE`, recorded in meta.json):
+`date_string` is passed and `strftime_now` returns that date, so templates that insert
+today's date (Llama-3.x) give the same prompts on every day.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dbgpu.errors import DbgpuError
 from dbgpu.tasks.base import Task
 
 _PROBE = "ZqXjV"
+TEMPLATE_DATE = _dt.date(2025, 1, 1)     # what chat templates see as "today"
+
+
+@contextmanager
+def _fixed_today(today: _dt.date):
+    """transformers' `strftime_now` (a Jinja global calling datetime.now() in
+    chat_template_utils) returns `today` inside this block; restored on exit."""
+    from transformers.utils import chat_template_utils as ctu
+
+    real = ctu.datetime
+
+    class _Fixed(real):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(today.year, today.month, today.day, tzinfo=tz)
+
+    ctu.datetime = _Fixed
+    try:
+        yield
+    finally:
+        ctu.datetime = real
+
+
+def render_chat(tok, messages: list[dict], *, add_generation_prompt: bool, today: _dt.date = TEMPLATE_DATE) -> str:
+    """The chat template applied to `messages`, as text, on a fixed date."""
+    date_string = today.strftime("%d %b %Y")          # Llama-3.x templates' own format
+    with _fixed_today(today):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                       date_string=date_string)
 
 
 def has_chat_template(tok) -> bool:
@@ -32,7 +73,7 @@ def end_of_turn_text(tok) -> str:
     """
     if has_chat_template(tok):
         msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE}]
-        text = tok.apply_chat_template(msgs, tokenize=False)
+        text = render_chat(tok, msgs, add_generation_prompt=False)
         tail = text[text.index(_PROBE) + len(_PROBE):]
         specials = sorted(set(tok.all_special_tokens) | set(getattr(tok, "added_tokens_encoder", {})),
                           key=len, reverse=True)
@@ -57,7 +98,7 @@ def prompt_text(tok, task: Task, f: str) -> str:
     """The exact text fed to the model for source state f."""
     messages = task.messages(f)
     if has_chat_template(tok):
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = render_chat(tok, messages, add_generation_prompt=True)
     else:
         text = bos_text(tok) + "\n\n".join(m["content"] for m in messages) + "\n"
     return text + task.answer_prefix
@@ -88,17 +129,47 @@ class Encoded:
 
 
 def prompt_ids(tok, task: Task, f: str) -> list[int]:
-    """The token ids fed to the model for source state f."""
+    """The token ids fed to the model for source state f (the prefix of every joint tokenization)."""
     return encode(tok, prompt_text(tok, task, f))
 
 
+def tokens_after(tok, prompts: list[str], prompt_tokens: list[list[int]], conts: list[str], *,
+                 names: list[str]) -> list[list[int]]:
+    """Pairwise: the ids of continuation k as it follows prompt k, i.e. the joint
+    tokenization of prompt + continuation after the prompt's own tokens, which must be its
+    prefix (else a one-line DbgpuError naming names[k]). One batched tokenizer call."""
+    joint = tok([p + c for p, c in zip(prompts, conts)], add_special_tokens=False).input_ids
+    out = []
+    for ids, own, name in zip(joint, prompt_tokens, names):
+        if ids[:len(own)] != own:
+            raise DbgpuError(f"state {name}: the tokenizer merges the end of the prompt with the start of the "
+                             "answer, so the answer has no tokens of its own")
+        if len(ids) == len(own):
+            raise DbgpuError(f"state {name}: the answer has no tokens")
+        out.append(ids[len(own):])
+    return out
+
+
 def encode_states(tok, task: Task, states: list[str]) -> Encoded:
-    """Prompt and continuation texts and token ids of every state."""
+    """Prompt and continuation texts and token ids of every state.
+
+    The continuations' ids are taken after the first state's prompt; every prompt is then
+    checked against one continuation (its own tokens a prefix, the continuation's tokens
+    the same), so a tokenizer whose answer tokens depend on the source is an error, not a
+    silently different kernel. Cost: 3 batched tokenizer calls of N texts.
+    """
     sources = {f: prompt_text(tok, task, f) for f in states}
     targets = {g: continuation_text(tok, task, g) for g in states}
-    return Encoded(states=list(states), sources=sources, targets=targets,
-                   prompt_ids=[encode(tok, sources[f]) for f in states],
-                   cont_ids=[encode(tok, targets[g]) for g in states])
+    texts = [sources[f] for f in states]
+    p_ids = tok(texts, add_special_tokens=False).input_ids
+    N = len(states)
+    c_ids = tokens_after(tok, texts[:1] * N, p_ids[:1] * N, [targets[g] for g in states], names=list(states))
+    g0 = states[-1]
+    for f, ids in zip(states, tokens_after(tok, texts, p_ids, [targets[g0]] * N, names=list(states))):
+        if ids != c_ids[-1]:
+            raise DbgpuError(f"state {f}: the answer {g0} is tokenized differently after its prompt than after "
+                             f"{states[0]}'s, so the states' answers are not one set of token sequences")
+    return Encoded(states=list(states), sources=sources, targets=targets, prompt_ids=p_ids, cont_ids=c_ids)
 
 
 def stop_token_ids(tok, model=None) -> list[int]:

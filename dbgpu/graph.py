@@ -51,16 +51,21 @@ def incidence(n: int, src: np.ndarray, dst: np.ndarray, device: str | torch.devi
                      in_len=as_t(np.bincount(dst, minlength=n)))
 
 
+def _segmented(y: torch.Tensor) -> bool:
+    """Whether node sums take the CUDA branch (segment_reduce); tests force it on the CPU."""
+    return y.is_cuda
+
+
 def out_sum(inc: Incidence, y: torch.Tensor) -> torch.Tensor:
     """(n,) sum of edge values y (E,) over each node's out-edges."""
-    if y.is_cuda:
+    if _segmented(y):
         return torch.segment_reduce(y, "sum", lengths=inc.out_len)
     return torch.zeros(inc.n, dtype=y.dtype).index_add_(0, inc.src, y)
 
 
 def in_sum(inc: Incidence, y: torch.Tensor) -> torch.Tensor:
     """(n,) sum of edge values y (E,) over each node's in-edges."""
-    if y.is_cuda:
+    if _segmented(y):
         return torch.segment_reduce(y[inc.in_perm], "sum", lengths=inc.in_len)
     return torch.zeros(inc.n, dtype=y.dtype).index_add_(0, inc.dst, y)
 

@@ -224,8 +224,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def gguf_cache_path(gguf: Path, cache_dir: Path) -> Path:
-    return cache_dir / "dequantized" / f"{gguf.stem}-{_sha256(gguf)[:16]}"
+def gguf_cache_path(gguf: Path, cache_dir: Path, *, sha256: str | None = None) -> Path:
+    return cache_dir / "dequantized" / f"{gguf.stem}-{(sha256 or _sha256(gguf))[:16]}"
 
 
 def _save_plain(model, tok, path: Path) -> None:
@@ -248,16 +248,17 @@ def _save_plain(model, tok, path: Path) -> None:
     tok.save_pretrained(path)
 
 
-def _load_gguf_dequantized(gguf: Path, cache_dir: Path):
-    """(model, tokenizer, from_cache): from the safetensors cache, else dequantise and fill it."""
+def _load_gguf_dequantized(gguf: Path, cache_dir: Path, *, dtype: torch.dtype, sha256: str):
+    """(model in `dtype`, tokenizer, from_cache): from the safetensors cache (loaded by
+    transformers straight into `dtype`), else dequantise in float32, fill the cache, cast."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cached = gguf_cache_path(gguf, cache_dir)
+    cached = gguf_cache_path(gguf, cache_dir, sha256=sha256)
     if (cached / "config.json").is_file():
         try:
             tok = AutoTokenizer.from_pretrained(cached)
             model = AutoModelForCausalLM.from_pretrained(
-                cached, dtype=torch.float32, use_safetensors=True, trust_remote_code=False)
+                cached, dtype=dtype, use_safetensors=True, trust_remote_code=False)
             return model, tok, True
         except (OSError, ValueError) as e:  # a damaged cache entry: rebuild it
             print(f"dbgpu: warning: ignoring damaged model cache {cached}: {e}")
@@ -278,7 +279,42 @@ def _load_gguf_dequantized(gguf: Path, cache_dir: Path):
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
         print(f"dbgpu: warning: cannot cache the dequantised model in {cached.parent}: {e}")
-    return model, tok, False
+    return cast_parameters(model, dtype), tok, False
+
+
+# ----------------------------------------------------------------------------- dtype
+
+
+def cast_parameters(model, dtype: torch.dtype):
+    """The model in `dtype` as transformers' own `from_pretrained(..., dtype=dtype)` builds it:
+    parameters cast; each floating buffer given the dtype the same class gets when built in
+    `dtype` (a meta-device skeleton, no memory), so the rotary `inv_freq` stays float32
+    where `Module.to(dtype)` would round it (angles off by tenths of a radian at position
+    ~100 in bf16). In place; returns the model."""
+    import copy
+
+    if all(p.dtype == dtype for p in model.parameters()):
+        return model
+    with torch.device("meta"):
+        skeleton = type(model)._from_config(copy.deepcopy(model.config), dtype=dtype)
+    want = {name: b.dtype for name, b in skeleton.named_buffers()}
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(dtype)
+    for name, buf in list(model.named_buffers()):
+        if buf.is_floating_point() and want.get(name, buf.dtype) != buf.dtype:
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner)._buffers[leaf] = buf.to(want[name])
+    return model
+
+
+def _revision(model, path: str) -> str | None:
+    """The checkpoint's commit hash when known (hub cache snapshot, or the config's record)."""
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        return commit
+    m = re.search(r"/snapshots/([0-9a-f]{40})(?:/|$)", str(path))
+    return m.group(1) if m else None
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -287,7 +323,10 @@ def _load_gguf_dequantized(gguf: Path, cache_dir: Path):
 def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None = "auto",
                dtype: str | torch.dtype | None = "auto", cache_dir: str | Path | None = None,
                seed: int = 0) -> LM:
-    """Load `name` onto `device` in `dtype` (bf16 on CUDA, fp32 on CPU by default)."""
+    """Load `name` onto `device` in `dtype` (bf16 on CUDA, fp32 on CPU by default).
+
+    Weights are put in `dtype` the way transformers loads a checkpoint (`cast_parameters`):
+    float32 buffers such as the rotary frequencies stay float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -296,10 +335,15 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None =
     r = resolve_model(name, cache_dir=cache_dir)
     t0 = time.perf_counter()
     from_cache = False
+    info = {}
     if r["kind"] == "random":
         model, tok = random_model(r["path"].split(":", 1)[1], seed=seed)
+        model = cast_parameters(model, dt)
+        info["seed"] = seed
     elif r["kind"] == "gguf":
-        model, tok, from_cache = _load_gguf_dequantized(Path(r["path"]), cache_dir)
+        info["gguf_sha256"] = _sha256(Path(r["path"]))
+        model, tok, from_cache = _load_gguf_dequantized(Path(r["path"]), cache_dir, dtype=dt,
+                                                        sha256=info["gguf_sha256"])
         r = {"path": r["path"], "gguf_file": r["gguf_file"]}
     else:
         try:
@@ -308,18 +352,26 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None =
                 r["path"], dtype=dt, use_safetensors=True, trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise DbgpuError(f"cannot load model {name}: {str(e).splitlines()[0]}") from None
-    model = model.to(device=dev, dtype=dt).eval()
+        info["revision"] = _revision(model, r["path"])
+    model = model.to(device=dev).eval()                # moves; never casts (see cast_parameters)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     seconds = time.perf_counter() - t0
     return LM(model=model, tokenizer=tok, name=name,
               resolved={"path": r["path"], "gguf_file": r.get("gguf_file")},
               device=dev, dtype=dt, load_seconds=seconds, from_cache=from_cache,
-              info={"model_type": model.config.model_type,
-                    "n_params": sum(p.numel() for p in model.parameters())})
+              info={"model_type": model.config.model_type, "class": type(model).__name__,
+                    "n_params": sum(p.numel() for p in model.parameters()), **info})
 
 
 # ----------------------------------------------------------------------------- version shims
+
+
+def text_config(model):
+    """The config of the text model: itself for causal LMs, `text_config` for multimodal
+    wrappers (Gemma3ForConditionalGeneration's top-level config has no layer types or window)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
 def cache_kwarg(model) -> str:

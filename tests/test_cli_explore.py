@@ -39,6 +39,9 @@ def test_explore_writes_one_line_per_query_and_a_summary(tmp_path, capsys):
     assert meta["settings"]["model"] == "random:llama" and meta["settings"]["start"] == "BUZZY"
     assert meta["settings"]["max_new_tokens"] == 4 and meta["settings"]["temperature"] == 1.0
     assert meta["calls"][0]["summary"]["answers"] == 6
+    call = meta["calls"][0]
+    assert call["provenance"]["versions"]["torch"] and call["model_record"]["class"] == "LlamaForCausalLM"
+    assert call["chat_template_date"] == "2025-01-01" and len(call["model_record"]["chat_template_sha256"]) == 64
     assert "answers/s" in stdout and "rejected" in stdout and "generated tokens/s" in stdout
 
 

@@ -20,7 +20,7 @@ LAYERS = [
     "models",
     "tasks.base", "tasks.word100", "tasks",
     "formatting",
-    "scoring.trie", "scoring.stats", "scoring.prefix", "scoring.plain", "scoring.tree", "scoring",
+    "scoring.trie", "scoring.stats", "scoring.head", "scoring.prefix", "scoring.plain", "scoring.tree", "scoring",
     "sampling", "explore",
     "data", "graph", "fit", "stats", "comparison", "report", "synthetic",
     "commands.score", "commands.fit", "commands.report", "commands.run", "commands.compare",

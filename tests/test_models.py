@@ -80,6 +80,44 @@ def test_cache_argument_name_is_in_the_forward_signature(tiny_lms):
     assert cache_kwarg(model) in inspect.signature(model.forward).parameters
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_bf16_loading_is_transformers_own_and_keeps_rotary_buffers_float32(tmp_path, arch):
+    """A random model loaded in bf16 equals transformers' from_pretrained(dir, dtype=bf16) of the
+    same float32 weights: parameters, buffers (rotary inv_freq stays float32) and logits, bit
+    for bit. Negative control: Module.to(bf16), the old way, rounds the rotary frequencies
+    and changes the logits."""
+    from transformers import AutoModelForCausalLM
+
+    ours = load_model(f"random:{arch}", device="cpu", dtype="bfloat16", seed=0)
+    fp32, _ = random_model(arch, seed=0)
+    fp32.save_pretrained(tmp_path)
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    rotary = [n for n, _ in ref.named_buffers() if "inv_freq" in n]
+    assert rotary and all(dict(ours.model.named_buffers())[n].dtype == torch.float32 for n in rotary)
+    for (n, a), (m, b) in zip(ours.model.state_dict().items(), ref.state_dict().items()):
+        assert n == m and a.dtype == b.dtype and torch.equal(a, b), n
+    for n, b in ref.named_buffers():
+        a = dict(ours.model.named_buffers())[n]
+        assert a.dtype == b.dtype and torch.equal(a, b), n
+    ids = torch.tensor([list(range(3, 180))])                     # positions up to ~180
+    with torch.no_grad():
+        theirs = ref(input_ids=ids).logits
+        torch.testing.assert_close(ours.model(input_ids=ids).logits, theirs, atol=0, rtol=0)
+        old = fp32.to(torch.bfloat16)
+        assert {b.dtype for n, b in old.named_buffers() if "inv_freq" in n} == {torch.bfloat16}
+        assert (old(input_ids=ids).logits.float() - theirs.float()).abs().max() > 1e-3
+
+
+def test_local_directory_loads_in_bf16_with_float32_rotary_buffers(tmp_path, tiny_lms):
+    lm = tiny_lms("qwen2")
+    lm.model.save_pretrained(tmp_path, safe_serialization=True)
+    lm.tokenizer.save_pretrained(tmp_path)
+    again = load_model(str(tmp_path), device="cpu", dtype="bfloat16")
+    assert again.dtype == torch.bfloat16 and next(again.model.parameters()).dtype == torch.bfloat16
+    assert {b.dtype for n, b in again.model.named_buffers() if "inv_freq" in n} == {torch.float32}
+    assert again.info["revision"] is None                         # a plain directory records none
+
+
 @pytest.mark.slow
 def test_smollm2_gguf_cold_then_cached(model_cache):
     cold = load_model("smollm2-135m", device="cpu", cache_dir=model_cache / "fresh")
@@ -95,3 +133,16 @@ def test_smollm2_gguf_cold_then_cached(model_cache):
     torch.testing.assert_close(_logits(warm), _logits(cold), atol=0, rtol=0)
     assert warm.tokenizer("ATTITUDE").input_ids == cold.tokenizer("ATTITUDE").input_ids
     assert warm.tokenizer.chat_template == cold.tokenizer.chat_template
+    assert len(cold.info["gguf_sha256"]) == 64 and warm.info["gguf_sha256"] == cold.info["gguf_sha256"]
+    bf16 = load_model("smollm2-135m", device="cpu", dtype="bfloat16", cache_dir=model_cache / "fresh")
+    assert bf16.from_cache and next(bf16.model.parameters()).dtype == torch.bfloat16
+    assert {b.dtype for n, b in bf16.model.named_buffers() if "inv_freq" in n} == {torch.float32}
+
+
+def test_revision_is_read_from_the_config_or_the_hub_cache_path(tiny_lms):
+    from dbgpu.models import _revision
+
+    model = tiny_lms("llama").model
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    assert _revision(model, f"/home/u/.cache/huggingface/hub/models--org--m/snapshots/{commit}") == commit
+    assert _revision(model, "/data/my-model") is None

@@ -170,6 +170,7 @@ def test_shared_prefix_prefill_equals_the_plain_one(tiny_lms, word_task, arch):
     through the next decode step too). gemma3's sliding window (8) is shorter than the
     prompts, so it must take the plain path and agree trivially."""
     from dbgpu.models import cache_kwarg
+    from dbgpu.scoring.head import next_token_logits, output_head
     from dbgpu.scoring.prefix import prefill
     from dbgpu.scoring.trie import common_prefix_length
 
@@ -179,7 +180,8 @@ def test_shared_prefix_prefill_equals_the_plain_one(tiny_lms, word_task, arch):
     assert len({len(p) for p in prompts}) == 4 and common_prefix_length(prompts) > 16
     results = []
     for min_shared in (16, 10**9):
-        logits, cache, mask, pos = prefill(lm.model, prompts, pad_id=tok.pad_token_id, min_shared=min_shared)
+        h, cache, mask, pos = prefill(lm.model, prompts, pad_id=tok.pad_token_id, min_shared=min_shared)
+        logits = next_token_logits(output_head(lm.model), h)                    # (U, V) float32
         nxt = logits.argmax(-1, keepdim=True)                                   # (U, 1)
         mask2 = torch.cat([mask, torch.ones_like(nxt)], 1)
         with torch.no_grad():

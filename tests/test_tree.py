@@ -88,7 +88,8 @@ def test_out_of_memory_backoff_keeps_every_row(tiny_lms, word_task, monkeypatch)
     P, C = _ids(lm, word_task)
     expected = score_matrix(lm.model, P, C, method="plain")
     model = lm.model
-    original = model.forward
+    decoder = model.model                     # the scorers run the decoder; the head is dbgpu's
+    original = decoder.forward
     seen = []
 
     @functools.wraps(original)
@@ -99,7 +100,7 @@ def test_out_of_memory_backoff_keeps_every_row(tiny_lms, word_task, monkeypatch)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(model, "forward", flaky)
+    monkeypatch.setattr(decoder, "forward", flaky)
     stats = ScoreStats()
     got = tree_score_matrix(model, P, C, max_rows=64, stats=stats)
     np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
@@ -115,7 +116,7 @@ def test_other_errors_are_not_swallowed(tiny_lms, word_task, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(lm.model, "forward", functools.wraps(lm.model.forward)(broken))
+    monkeypatch.setattr(lm.model.model, "forward", functools.wraps(lm.model.model.forward)(broken))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         tree_score_matrix(lm.model, P, C)
 
@@ -138,3 +139,20 @@ def test_tree_on_smollm2_equals_plain(smollm2, word_task):
     tree = score_matrix(smollm2.model, P, C, method="tree", pad_id=smollm2.tokenizer.pad_token_id)
     plain = score_matrix(smollm2.model, P, C, method="plain", pad_id=smollm2.tokenizer.pad_token_id)
     np.testing.assert_allclose(tree, plain, atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_bf16_tree_equals_bf16_plain(word_task, arch):
+    """In bf16 the two scorers differ only by the decoder's bf16 rounding in two layouts
+    (the head is float32 in both): measured <= 3e-3 nats on these models."""
+    from dbgpu.models import load_model
+
+    lm = load_model(f"random:{arch}", device="cpu", dtype="bfloat16", seed=0)
+    P, C = _ids(lm, word_task, STATES[:4])
+    pad = lm.tokenizer.pad_token_id
+    tree = score_matrix(lm.model, P, C, method="tree", pad_id=pad)
+    plain = score_matrix(lm.model, P, C, method="plain", pad_id=pad)
+    np.testing.assert_allclose(tree, plain, atol=1e-2, rtol=0)
+    fp32 = load_model(f"random:{arch}", device="cpu", dtype="float32", seed=0)
+    ref = score_matrix(fp32.model, P, C, method="plain", pad_id=pad)
+    assert 1e-5 < np.abs(tree - ref).max() < 5e-2            # bf16 is not float32, but close

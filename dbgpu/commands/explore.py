@@ -155,7 +155,8 @@ def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol
                 lm=None) -> dict:
     """Run `steps` steps of `batch` queries, appending to out/transitions.jsonl (continuing
     a run already there). Returns this call's record: steps done, summary, discovered states."""
-    from dbgpu.provenance import versions
+    from dbgpu.formatting import TEMPLATE_DATE
+    from dbgpu.provenance import environment, model_record
 
     # Everything that can be wrong with the input is checked before anything is written.
     check_options(steps=steps, batch=batch, protocol=protocol, temperature=temperature,
@@ -176,7 +177,9 @@ def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol
         frontier.absorb(scan.records)
         first = scan.next_step
         call = {"first_step": first, "steps": 0, "device": str(lm.device),
-                "dtype": str(lm.dtype).removeprefix("torch."), "started": _now(), "versions": versions()}
+                "dtype": str(lm.dtype).removeprefix("torch."), "started": _now(),
+                "provenance": environment(lm.device), "model_record": model_record(lm),
+                "chat_template_date": TEMPLATE_DATE.isoformat()}
         answer = model_answerer(lm, task, temperature=temperature, max_new_tokens=max_new_tokens)
         tally = Tally(invalid_state=task.invalid_state)
         try:

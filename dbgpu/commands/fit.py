@@ -105,6 +105,7 @@ def fit_input(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, reje
     from dbgpu.data import make_edges, read_input
     from dbgpu.devices import resolve_device
     from dbgpu.fit import fit_potential
+    from dbgpu.provenance import environment
     from dbgpu.stats import detailed_balance_stats
 
     t0 = time.perf_counter()
@@ -120,6 +121,7 @@ def fit_input(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, reje
     body, arrays = detailed_balance_stats(edges, fit, device=dev)
     stats = _stats_doc(input_path, data, edges, fit, body, reject=reject, threshold=threshold)
     stats["seconds"] = time.perf_counter() - t0
+    stats["provenance"] = environment(resolve_device(device))
     stats = json_safe(stats)
     potential = {s: (None if not main[i] else float(fit.V[i])) for i, s in enumerate(edges.states)}
     arrays = _thin(arrays, ("pair_x", "pair_dV", "pair_var"), MAX_POINTS)

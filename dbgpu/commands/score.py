@@ -8,6 +8,13 @@ scoring only the missing blocks, and different settings are a one-line error (or
 the missing blocks, balanced by token count, each writing its own shards; rank 0 holds
 the directory's lock and assembles. Once every row exists, states.json, logT.npy,
 prompts.json and meta.json (last) are written atomically and the shards removed.
+meta.json carries the reproducibility record (`dbgpu.provenance`): machine, GPU, CUDA /
+cuDNN, package versions, git commit, command line, model revision and hashes, the
+prompts' hash and the date chat templates were rendered with.
+
+`--profile DIR` runs this call's scoring under torch.profiler: DIR/trace.json (Chrome /
+Perfetto trace, the scorer's stages labelled `dbgpu.<stage>`) and DIR/stages.md (time per
+stage, tokens/s); each stage ends with a CUDA synchronize so its time is the device's.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -39,6 +47,23 @@ def check_score_options(*, temperature: float, method: str, max_logits: int | No
     check_positive("max logits", max_logits, allow_none=True)
     check_positive("batch tokens", batch_tokens)
     check_positive("rows per block", rows_per_block)
+
+
+@contextlib.contextmanager
+def profiled(out: Path | None, device):
+    """torch.profiler around the block when `out` is a directory (CPU, plus CUDA on a GPU);
+    the Chrome trace is written to out/trace.json (atomically) when the block ends."""
+    if out is None:
+        yield
+        return
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        yield
+    tmp = out / ".trace.json.tmp"
+    prof.export_chrome_trace(str(tmp))
+    os.replace(tmp, out / "trace.json")
 
 
 def _sha256(obj) -> str:
@@ -95,7 +120,7 @@ def _open_job(out: Path, settings: dict, *, overwrite: bool) -> tuple[dict | Non
 def score_job(*, model: str, task: Task, states: list[str], out: str | Path, template_path=None,
               temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto", cache_dir=None,
               batch_tokens: int = 16384, max_logits: int | None = None, rows_per_block: int = 128,
-              overwrite: bool = False, progress: bool = True, lm=None) -> dict:
+              overwrite: bool = False, progress: bool = True, profile: str | Path | None = None, lm=None) -> dict:
     """Score `states` under `model` into a score directory (resuming one that is part done).
     Returns meta.json's dict (with "already_complete": True when the directory held this
     very score and nothing was done); None on the other ranks of a launched job."""
@@ -107,6 +132,7 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
                         rows_per_block=rows_per_block)
     states = canonical_states(task, states)
     out = check_out_dir(out)
+    profile = check_out_dir(profile) if profile is not None else None
     ranks = dd.launched()
     dev = lm.device if lm is not None else resolve_device(dd.rank_device(device, ranks))
     dt = lm.dtype if lm is not None else resolve_dtype(dtype, dev)
@@ -124,7 +150,7 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
                 lm = load_model(model, device=dev, dtype=dt, cache_dir=cache_dir)
             return _score(lm, task, states, out, job=job, settings=settings, ranks=ranks, template_path=template_path,
                           options=dict(temperature=temperature, method=method, batch_tokens=batch_tokens,
-                                       max_logits=max_logits), progress=progress)
+                                       max_logits=max_logits), progress=progress, profile=profile)
     finally:
         dd.stop(ranks)
 
@@ -148,15 +174,17 @@ def _agree_on_job(out: Path, settings: dict, *, overwrite: bool, ranks, dev):
 
 
 def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, settings: dict, ranks,
-           template_path, options: dict, progress: bool) -> dict:
+           template_path, options: dict, progress: bool, profile: Path | None) -> dict:
     """Score this rank's share of the missing blocks, then (rank 0) assemble the directory."""
     from dbgpu import distributed as dd
     from dbgpu import shards
     from dbgpu.formatting import encode_states
+    from dbgpu.io import ensure_out_dir
+    from dbgpu.provenance import prompts_sha256
 
     t0 = time.perf_counter()
     enc = encode_states(lm.tokenizer, task, states)
-    prompts_sha = _sha256(enc.prompts_json)
+    prompts_sha = prompts_sha256(enc.prompts_json)
     if job is not None and job.get("prompts_sha256") not in (None, prompts_sha):
         raise DbgpuError(f"{out} was scored with other prompt texts (another tokenizer or chat template); "
                          f"use another --out or --overwrite")
@@ -171,31 +199,46 @@ def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, se
     missing = [k for k in range(len(blocks)) if k not in done]
     weight = np.array([sum(len(enc.prompt_ids[i]) for i in b) for b in blocks], dtype=float)
     mine = shards.assign_blocks(missing, weight, ranks.world)[ranks.rank]
-    _score_blocks(lm, enc, blocks, mine, out, call=call, options=options, progress=progress and ranks.main)
+    with profiled(ensure_out_dir(profile) if profile and ranks.main else None, lm.device):
+        _score_blocks(lm, enc, blocks, mine, out, call=call, options=options, progress=progress and ranks.main,
+                      sync=profile is not None)
     dd.barrier(ranks)
     if not ranks.main:
         return None
     job["calls"][-1].update(damaged=[p.name for p in damaged], wall_seconds=time.perf_counter() - t0)
     write_json_atomic(out / shards.JOB, job)
-    return _assemble(lm, task, states, out, enc=enc, job=job, template_path=template_path,
+    meta = _assemble(lm, task, states, out, enc=enc, job=job, template_path=template_path,
                      temperature=options["temperature"], method=options["method"])
+    if profile is not None:
+        _write_profile(meta, profile, call=call)
+    return meta
+
+
+def _write_profile(meta: dict, profile: Path, *, call: int) -> None:
+    """stages.md (this call's blocks) beside the trace; the table goes into the returned meta."""
+    from dbgpu.io import write_text_atomic
+    from dbgpu.scoring.stats import stage_table
+
+    table = stage_table(meta["scoring_calls"][str(call)])
+    meta["profile"] = {"dir": str(profile), "trace": str(profile / "trace.json"), "table": table}
+    write_text_atomic(profile / "stages.md", table + "\n")
 
 
 def _score_blocks(lm, enc, blocks: list[np.ndarray], mine: list[int], out: Path, *, call: int, options: dict,
-                  progress: bool) -> None:
+                  progress: bool, sync: bool = False) -> None:
     """Score the blocks `mine`, writing each one's shard as it finishes."""
     from dbgpu import shards
     from dbgpu.console import progress as progress_bar
     from dbgpu.scoring import ScoreStats, score_matrix
 
     method, temperature = options["method"], options["temperature"]
-    kw = {"batch_tokens": options["batch_tokens"]} if method == "plain" else {"max_logits": options["max_logits"]}
+    kw = {"max_logits": options["max_logits"], **({"batch_tokens": options["batch_tokens"]} if method == "plain" else {})}
     n = len(enc.cont_ids)
     bar = progress_bar(total=sum(len(blocks[k]) for k in mine) * n, enabled=progress, desc="scoring pairs",
                        unit="pair")
     for k in mine:
         rows = blocks[k]
-        stats = ScoreStats()
+        stats = ScoreStats(sync=sync)
         logT = score_matrix(lm.model, [enc.prompt_ids[i] for i in rows], enc.cont_ids, method=method,
                             temperature=temperature, pad_id=lm.tokenizer.pad_token_id, stats=stats, **kw)
         shards.write_shard(out, k, rows, logT, stats=stats.as_dict(), call=call)
@@ -218,11 +261,13 @@ def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, tem
     stats = merge_stats([s.stats for s in done.values()])
     bound = trie_lower_bound(enc.prompt_ids, enc.cont_ids)
     stats.update(trie_lower_bound=bound, tokens_over_lower_bound=stats["tokens"] / bound)
-    per_call = {}
+    per_call, by_call = {}, {}
     for s in done.values():
         per_call[str(s.call)] = per_call.get(str(s.call), 0) + len(s.rows)
+        by_call.setdefault(str(s.call), []).append(s.stats)
     meta = _meta(lm=lm, task=task, states=states, template_path=template_path, temperature=temperature,
                  method=method, stats=stats, job=job)
+    meta["scoring_calls"] = {c: merge_stats(parts) for c, parts in sorted(by_call.items())}
     meta["shards"] = {"blocks": len(blocks), "rows_per_block": job["settings"]["rows_per_block"],
                       "rows_scored": int(sum(per_call.values())), "rows_per_call": per_call,
                       "damaged_rescored": sum(len(c.get("damaged", [])) for c in job["calls"]),
@@ -238,10 +283,12 @@ def _now() -> str:
 
 def _meta(*, lm, task: Task, states: list[str], template_path, temperature: float, method: str,
           stats: dict, job: dict) -> dict:
-    """meta.json: what was scored, with what, how fast, and the versions."""
-    from dbgpu.provenance import versions
+    """meta.json: what was scored, with what, how fast, and the reproducibility record."""
+    from dbgpu.formatting import TEMPLATE_DATE
+    from dbgpu.provenance import environment, model_record
     from dbgpu.tasks import template_sha256
 
+    env = environment(lm.device)
     return {
         "model": job["settings"]["model"],
         "resolved": lm.resolved,
@@ -259,8 +306,12 @@ def _meta(*, lm, task: Task, states: list[str], template_path, temperature: floa
         "load_seconds": lm.load_seconds,
         "loaded_from_cache": lm.from_cache,
         "scoring": stats,
+        "precision": {"decoder": str(lm.dtype).removeprefix("torch."), "head": "float32", "sums": "float64"},
         "job": job["settings"],
+        "model_record": model_record(lm),
         "prompts_sha256": job["prompts_sha256"],
-        "versions": versions(),
+        "chat_template_date": TEMPLATE_DATE.isoformat(),
+        "versions": env["versions"],
+        "provenance": env,
         "created": _now(),
     }

@@ -8,7 +8,8 @@ over the tokens y of continuation(g) (answer + end-of-turn token), given prompt(
     tree.py    the fast scorer: shared-prefix cache + continuation trie + tree masks
     trie.py    tries, common prefixes, the work lower bound (no model)
     prefix.py  padding and the shared-prefix prefill (also used by sampling)
-    stats.py   work accounting (ScoreStats)
+    head.py    the precision policy: hidden states -> float32 log-probs (also used by sampling)
+    stats.py   work accounting and stage timing (ScoreStats)
 
 `score_matrix` dispatches on the method; `exact_kernel` scores a task's state set with a
 loaded model.
@@ -19,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from dbgpu.errors import DbgpuError
-from dbgpu.scoring.plain import continuation_logprobs, score_sequences
+from dbgpu.scoring.plain import score_sequences
 from dbgpu.scoring.stats import ScoreStats
 from dbgpu.scoring.tree import tree_score_matrix
 from dbgpu.scoring.trie import trie_lower_bound
@@ -39,7 +40,7 @@ def score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, met
 
     method="plain": every pair its own padded row (the reference; kwargs batch_tokens,
     max_batch, padding_side). method="tree": shared-prefix cache + continuation trie
-    (kwargs max_logits, max_rows). Both take temperature, pad_id, progress, stats.
+    (kwarg max_rows). Both take temperature, pad_id, progress, stats, max_logits.
     """
     if check_method(method) == "tree":
         return tree_score_matrix(model, prompts, conts, **kwargs)
@@ -49,19 +50,21 @@ def score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, met
 
 
 def exact_kernel(lm, task, states: list[str], *, temperature: float = 1.0, method: str = "tree",
-                 batch_tokens: int = 16384, max_logits: int | None = None, progress: bool = False):
+                 batch_tokens: int = 16384, max_logits: int | None = None, progress: bool = False,
+                 stats: ScoreStats | None = None):
     """log T over all pairs of `states` for a loaded model: (logT (N, N), prompts.json dict, ScoreStats)."""
     from dbgpu.formatting import encode_states
 
     enc = encode_states(lm.tokenizer, task, states)
-    options = {"batch_tokens": batch_tokens} if method == "plain" else {"max_logits": max_logits}
-    stats = ScoreStats()
+    options = {"batch_tokens": batch_tokens} if method == "plain" else {}
+    stats = stats if stats is not None else ScoreStats()
     logT = score_matrix(lm.model, enc.prompt_ids, enc.cont_ids, method=method, temperature=temperature,
-                        pad_id=lm.tokenizer.pad_token_id, progress=progress, stats=stats, **options)
+                        pad_id=lm.tokenizer.pad_token_id, progress=progress, stats=stats,
+                        max_logits=max_logits, **options)
     stats.extra["trie_lower_bound"] = trie_lower_bound(enc.prompt_ids, enc.cont_ids)
     stats.extra["tokens_over_lower_bound"] = stats.tokens / stats.extra["trie_lower_bound"]
     return logT, enc.prompts_json, stats
 
 
-__all__ = ["METHODS", "ScoreStats", "check_method", "continuation_logprobs", "exact_kernel", "score_matrix",
+__all__ = ["METHODS", "ScoreStats", "check_method", "exact_kernel", "score_matrix",
            "score_sequences", "tree_score_matrix"]

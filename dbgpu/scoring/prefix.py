@@ -4,16 +4,19 @@ Used by every scorer and by the sampler:
 
 - `pad_sequences`: ids, attention mask and position ids of sequences padded to one
   width (left or right); positions ignore the padding.
-- `run_prefix`: one forward pass of a prefix shared by many rows, its KV cache kept.
+- `run_prefix`: one decoder pass of a prefix shared by many rows, its KV cache kept.
 - `prefill`: the sampler's prompt pass; equal to a plain left-padded forward of the
   prompts, but with their common prefix run once and shifted into each row.
+
+Both run the decoder only (`head.hidden_states`): logits are the float32 head's business.
 """
 
 from __future__ import annotations
 
 import torch
 
-from dbgpu.models import cache_kwarg, output_cache
+from dbgpu.models import text_config
+from dbgpu.scoring.head import hidden_states
 from dbgpu.scoring.trie import common_prefix_length
 
 
@@ -40,21 +43,20 @@ def run_prefix(model, ids: list[int], *, full_layers: bool = False):
 
     full_layers=True keeps every position in every layer (a plain DynamicCache, also for
     sliding-window layers), as the tree scorer needs; otherwise the model's own default
-    cache. Only the last position's logits are computed.
+    cache. No logits are computed.
     """
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    kwargs = {cache_kwarg(model): DynamicCache()} if full_layers else {}
-    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True, logits_to_keep=1, **kwargs)
-    return output_cache(out)
+    _, cache = hidden_states(model, input_ids=torch.tensor([ids], device=device), use_cache=True,
+                             cache=DynamicCache() if full_layers else None)
+    return cache
 
 
 def _window_allows(model, total: int) -> bool:
     """No sliding window that prompts of `total` tokens outgrow (its cache layers would keep
     only the window's last tokens, not the whole prefix that rows are shifted along)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    window = getattr(config, "sliding_window", None)
+    window = getattr(text_config(model), "sliding_window", None)
     return window is None or total < window
 
 
@@ -78,7 +80,8 @@ def _shift_into_rows(cache, pad: torch.Tensor, L: int) -> None:
 
 @torch.inference_mode()
 def prefill(model, prompts: list[list[int]], *, pad_id: int, min_shared: int = 16):
-    """Run distinct prompts through the model: (last logits (U, V), KV cache, mask (U, T), positions (U, T)).
+    """Run distinct prompts through the decoder: (last hidden states (U, H), KV cache, mask (U, T),
+    positions (U, T)).
 
     The result is the plain left-padded prefill's (the layout the decode loop continues),
     but when the prompts share a prefix of at least `min_shared` tokens (a task's prompts
@@ -95,8 +98,8 @@ def prefill(model, prompts: list[list[int]], *, pad_id: int, min_shared: int = 1
         cache = run_prefix(model, prompts[0][:L])                               # (1, H, L, D) per layer
         if _plain_layers(cache):
             _shift_into_rows(cache, T - torch.tensor([len(p) for p in prompts], device=device), L)
-            out = model(input_ids=ids[:, L:], attention_mask=mask, position_ids=pos[:, L:], use_cache=True,
-                        logits_to_keep=1, **{cache_kwarg(model): cache})
-            return out.logits[:, -1], output_cache(out), mask, pos
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], output_cache(out), mask, pos
+            h, cache = hidden_states(model, input_ids=ids[:, L:], attention_mask=mask, position_ids=pos[:, L:],
+                                     use_cache=True, cache=cache)
+            return h[:, -1], cache, mask, pos
+    h, cache = hidden_states(model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    return h[:, -1], cache, mask, pos

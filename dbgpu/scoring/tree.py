@@ -33,6 +33,8 @@ import torch
 
 from dbgpu.console import progress as progress_bar
 from dbgpu.errors import DbgpuError, check_temperature
+from dbgpu.scoring.head import default_max_elements, hidden_states, output_head, token_logprobs
+from dbgpu.models import text_config
 from dbgpu.scoring.prefix import run_prefix
 from dbgpu.scoring.stats import ScoreStats
 from dbgpu.scoring.trie import Trie, build_trie, common_prefix_length, target_chunks
@@ -72,8 +74,51 @@ def tree_masks(allowed: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor, *,
     return next(iter(out.values())) if len(out) == 1 else out
 
 
+# Text-model types whose forward this scorer was checked against (transformers 5.24): each
+# takes position ids as given (rotary or learned absolute positions), a 4D additive mask (or
+# a {layer kind: mask} dict) as is, and keeps every layer's keys in a plain DynamicCache.
+# tests/test_architectures.py compares each with a per-pair forward.
+TREE_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3",
+                      "olmo2", "gpt2")
+_LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
+
+
+def _rope_settings(config) -> list[dict]:
+    """The rope parameter dicts of a text config (one, or one per layer kind)."""
+    rp = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if rp and all(isinstance(v, dict) for v in rp.values()):
+        return list(rp.values())
+    return [rp] if rp else []
+
+
+def check_tree_supported(model, *, prefix_length: int, max_length: int) -> None:
+    """Raise a one-line DbgpuError (naming --method plain) when the tree scorer cannot
+    reproduce this model's per-pair forward exactly: prompts sharing `prefix_length` tokens,
+    prompt + answer up to `max_length` tokens.
+
+    Rope scalings that switch frequencies with the sequence length (dynamic, longrope) pick
+    them from the longest position of each forward; the shared prefix's pass and the pairs'
+    own forwards then agree only if all lie on one side of the switch."""
+    config = text_config(model)
+    kind = config.model_type
+    if kind not in TREE_ARCHITECTURES:
+        raise DbgpuError(f"the tree scorer has not been verified on {kind} models; use --method plain")
+    check_attention(model)
+    if getattr(config, "use_bidirectional_attention", False):
+        raise DbgpuError(f"{kind} with bidirectional attention is not a causal model the tree scorer can "
+                         "serve; use --method plain")
+    for rope in _rope_settings(config):
+        original = rope.get("original_max_position_embeddings") or getattr(config, "max_position_embeddings", 0)
+        if rope.get("rope_type") in _LENGTH_DEPENDENT_ROPE and prefix_length <= original < max_length:
+            raise DbgpuError(f"{kind} with {rope['rope_type']} rope changes its frequencies beyond "
+                             f"{original} tokens, between the shared prompt prefix ({prefix_length}) and the "
+                             f"longest prompt + answer ({max_length}): the tree scorer cannot serve it "
+                             "exactly; use --method plain")
+
+
 def check_attention(model) -> None:
-    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    """The attention implementation must take an arbitrary additive mask (sdpa or eager)."""
+    impl = getattr(text_config(model), "_attn_implementation", None) or "sdpa"
     if impl not in ("sdpa", "eager"):
         raise DbgpuError(f"the tree scorer needs an attention implementation that takes an additive mask "
                          f"(sdpa or eager), not {impl}; use --method plain")
@@ -130,44 +175,52 @@ def _row_inputs(suffixes: list[list[int]], trie: Trie, *, P: int, pad_id: int, d
     return ids, qpos.masked_fill(~real, 0), real
 
 
-def _score_rows(model, suffixes, trie: Trie, *, prefix_kv, P, temperature, pad_id, stats) -> np.ndarray:
+def _score_rows(model, suffixes, trie: Trie, *, head, prefix_kv, P, temperature, pad_id, stats,
+                max_elements) -> np.ndarray:
     """log T for a batch of sources against one trie of targets: (B, C) float64."""
     from transformers import DynamicCache
 
-    from dbgpu.models import cache_kwarg
-
-    device = next(model.parameters()).device
+    device = head.weight.device
     dtype = next(model.parameters()).dtype
-    ids, qpos, real = _row_inputs(suffixes, trie, P=P, pad_id=pad_id, device=device)   # (B, Q) x3
-    B, Q = ids.shape
-    S = Q - trie.n_internal
-    allowed = _block_structure(trie, S, device)[None] & real[:, None, :] & real[:, :, None]  # (B, Q, Q)
-    kpos, kwargs = qpos, {}
-    if P > 0:                                                     # every real query sees the prefix
-        allowed = torch.cat([real[:, :, None].expand(B, Q, P), allowed], dim=-1)   # (B, Q, P+Q)
-        kpos = torch.cat([torch.arange(P, device=device)[None].expand(B, P), qpos], dim=-1)
-        kwargs[cache_kwarg(model)] = DynamicCache(
-            ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix_kv])
-    mask = tree_masks(allowed, qpos, kpos, config=model.config, dtype=dtype)
-    keep = trie.n_internal + 1                                    # last suffix token + internal nodes
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=qpos, use_cache=P > 0,
-                   logits_to_keep=keep, **kwargs).logits[:, -keep:]           # (B, keep, V)
-    # edge log-probs: node m is predicted at kept index 0 (a root child) or 1 + its parent
-    z = logits.float() / temperature                              # (B, keep, V)
-    lse = torch.logsumexp(z, dim=-1)                              # (B, keep)
-    pred = torch.as_tensor(trie.parent + 1, device=device)        # (M,)
-    tok = torch.as_tensor(trie.token, device=device)              # (M,)
-    node_lp = z[:, pred, tok] - lse[:, pred]                      # (B, M)
-    paths = torch.as_tensor(trie.paths, device=device)            # (M, C) float64
+    with stats.stage("masks", device):
+        ids, qpos, real = _row_inputs(suffixes, trie, P=P, pad_id=pad_id, device=device)   # (B, Q) x3
+        B, Q = ids.shape
+        S = Q - trie.n_internal
+        allowed = _block_structure(trie, S, device)[None] & real[:, None, :] & real[:, :, None]  # (B, Q, Q)
+        kpos, cache = qpos, None
+        if P > 0:                                                 # every real query sees the prefix
+            allowed = torch.cat([real[:, :, None].expand(B, Q, P), allowed], dim=-1)   # (B, Q, P+Q)
+            kpos = torch.cat([torch.arange(P, device=device)[None].expand(B, P), qpos], dim=-1)
+            cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
+                                                 for k, v in prefix_kv])
+        mask = tree_masks(allowed, qpos, kpos, config=text_config(model), dtype=dtype)
+    with stats.stage("forward", device):
+        h, _ = hidden_states(model, input_ids=ids, attention_mask=mask, position_ids=qpos, use_cache=P > 0,
+                             cache=cache)                         # (B, Q, H)
+        h = h[:, S - 1:]                                          # (B, keep, H): last suffix token + nodes
+    keep = trie.n_internal + 1
+    with stats.stage("head", device):
+        # edge log-probs: node m is predicted at kept index 0 (a root child) or 1 + its parent
+        pred = torch.as_tensor(trie.parent + 1, device=device)    # (M,)
+        tok = torch.as_tensor(trie.token, device=device)          # (M,)
+        pos = (torch.arange(B, device=device)[:, None] * keep + pred[None, :]).reshape(-1)   # (B*M,)
+        node_lp = token_logprobs(head, h.reshape(B * keep, -1), pos, tok.repeat(B), temperature=temperature,
+                                 max_elements=max_elements).view(B, -1)                  # (B, M)
+    with stats.stage("reduction", device):
+        paths = torch.as_tensor(trie.paths, device=device)        # (M, C) float64
+        logT = node_lp.double() @ paths                           # (B, C)
+    with stats.stage("transfer", device):
+        out = logT.cpu().numpy()
     stats.count(tokens=int(real.sum()), padded=B * Q, logits=B * keep)
-    return (node_lp.double() @ paths).cpu().numpy()               # (B, C)
+    return out
 
 
 def _score_chunk(model, logT: np.ndarray, suffixes, order: np.ndarray, chunk: np.ndarray, trie: Trie, *,
                  rows_per_forward: int, bar, stats, **kw) -> int:
     """Fill logT[:, chunk] batch by batch (rows in `order`); halve the rows on out-of-memory
     and retry the batch, never losing finished rows. Returns the rows per forward reached."""
-    device = next(model.parameters()).device
+    from dbgpu.devices import empty_cache
+
     start = 0
     while start < len(order):
         rows = order[start:start + rows_per_forward]
@@ -178,8 +231,7 @@ def _score_chunk(model, logT: np.ndarray, suffixes, order: np.ndarray, chunk: np
                 raise
             rows_per_forward = max(1, len(rows) // 2)             # back off and retry this batch
             stats.extra["oom_backoffs"] = stats.extra.get("oom_backoffs", 0) + 1
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            empty_cache(kw["head"].weight.device)
             continue
         start += len(rows)
         bar.update(len(rows) * len(chunk))
@@ -192,26 +244,29 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
                       progress: bool = False, stats=None) -> np.ndarray:
     """log T for every (prompt, continuation) pair: (N, M) float64, row = source.
 
-    max_logits bounds B x kept positions x vocab per forward (default 2**28 on CUDA,
-    2**26 on CPU); rows per forward halve on out-of-memory and never lose finished rows.
+    max_logits bounds B x kept positions x vocab per forward and the float32 logits the head
+    holds at once (default 2**28 on CUDA, 2**26 on CPU); rows per forward halve on
+    out-of-memory and never lose finished rows. Architectures it cannot serve exactly are
+    refused (`check_tree_supported`).
     """
     check_temperature(temperature)
     if not prompts or not conts or min(map(len, prompts)) == 0 or min(map(len, conts)) == 0:
         raise DbgpuError("a prompt or continuation has no tokens")
-    check_attention(model)
+    P = common_prefix_length(prompts)
+    check_tree_supported(model, prefix_length=P, max_length=max(map(len, prompts)) + max(map(len, conts)))
     stats = stats if stats is not None else ScoreStats()
-    device = next(model.parameters()).device
-    V = model.get_output_embeddings().weight.shape[0]
-    if max_logits is None:
-        max_logits = 2 ** 28 if device.type == "cuda" else 2 ** 26
+    head = output_head(model)
+    device, V = head.weight.device, head.vocab_size
+    max_logits = max_logits or default_max_elements(device)
+    stats.begin(device)
     t0 = time.perf_counter()
 
-    P = common_prefix_length(prompts)                 # 1. the shared prefix, once
-    prefix_kv = []
+    prefix_kv = []                                    # 1. the shared prefix (P tokens), once
     if P > 0:
-        cache = run_prefix(model, prompts[0][:P], full_layers=True)
-        prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
-        stats.count(tokens=P, padded=P, logits=1)
+        with stats.stage("prefix", device):
+            cache = run_prefix(model, prompts[0][:P], full_layers=True)
+            prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        stats.count(tokens=P, padded=P, logits=0)
     suffixes = [p[P:] for p in prompts]
 
     N = len(prompts)
@@ -224,8 +279,9 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
         trie = build_trie([conts[j] for j in chunk])
         rows_per_forward = max(1, min(rows_per_forward, max_logits // ((trie.n_internal + 1) * V)))
         rows_per_forward = _score_chunk(model, logT, suffixes, order, chunk, trie,
-                                        rows_per_forward=rows_per_forward, bar=bar, stats=stats,
-                                        prefix_kv=prefix_kv, P=P, temperature=temperature, pad_id=pad_id)
+                                        rows_per_forward=rows_per_forward, bar=bar, stats=stats, head=head,
+                                        prefix_kv=prefix_kv, P=P, temperature=temperature, pad_id=pad_id,
+                                        max_elements=max_logits)
     bar.close()
     stats.pairs += N * len(conts)
     stats.seconds += time.perf_counter() - t0

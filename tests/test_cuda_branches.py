@@ -1,0 +1,128 @@
+"""Every CUDA-only branch, forced on the CPU, so that a first run on a GPU finds as little
+as possible new: segment sums in graph.py (and the fit and the power iteration through
+them), peak-memory bookkeeping, stage synchronisation, cache release after an
+out-of-memory error. (The head's float32-output GEMM is forced in test_head.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dbgpu.graph as graph
+from dbgpu import synthetic as sy
+
+
+@pytest.fixture
+def segmented(monkeypatch):
+    """graph's node sums take the CUDA branch (torch.segment_reduce) on the CPU."""
+    monkeypatch.setattr(graph, "_segmented", lambda y: True)
+
+
+def _random_incidence(n=40, E=300, seed=0):
+    rng = np.random.default_rng(seed)
+    src = np.sort(rng.integers(0, n, E))
+    dst = rng.integers(0, n, E)
+    return graph.incidence(n, src, dst, "cpu"), src, dst, torch.as_tensor(rng.normal(size=E))
+
+
+def test_segment_sums_equal_index_add_sums(monkeypatch):
+    inc, src, dst, y = _random_incidence()
+    expected = [graph.out_sum(inc, y), graph.in_sum(inc, y), graph.divergence(inc, y)]
+    monkeypatch.setattr(graph, "_segmented", lambda y: True)
+    got = [graph.out_sum(inc, y), graph.in_sum(inc, y), graph.divergence(inc, y)]
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    by_hand = np.bincount(dst, y.numpy(), minlength=inc.n)                   # independent
+    np.testing.assert_allclose(got[1].numpy(), by_hand, atol=1e-12)
+
+
+def test_fit_through_segment_sums_equals_the_cpu_fit(monkeypatch):
+    from dbgpu.fit import fit_potential
+
+    V, src, dst, logT = sy.sparse_kernel(600, seed=3, degree=5)
+    w = np.exp(logT)
+    a = fit_potential(600, src, dst, w, device="cpu")
+    monkeypatch.setattr(graph, "_segmented", lambda y: True)
+    b = fit_potential(600, src, dst, w, device="cpu")
+    np.testing.assert_allclose(b.V, a.V, atol=1e-9, equal_nan=True)
+    assert b.action == pytest.approx(a.action, rel=1e-12)
+
+
+def test_power_iteration_through_segment_sums(segmented):
+    """stats' CUDA power iteration (_power_torch) with the CUDA node sums, against the dense solve."""
+    from dbgpu.stats import _power_torch, stationary
+
+    V, src, dst, logT = sy.sparse_kernel(300, seed=2, degree=6)
+    m = graph.strong_components(300, src, dst).label == 0            # the main component
+    loc, e, n = np.cumsum(m) - 1, m[src] & m[dst], int(m.sum())
+    s, d, w = loc[src[e]], loc[dst[e]], np.exp(logT[e])
+    p = w / np.bincount(s, w, minlength=n)[s]
+    dense, _ = stationary(n, s, d, p)
+    got = _power_torch(n, s, d, p, np.full(n, 1 / n), 1e-14, 20000, torch.device("cpu"))
+    np.testing.assert_allclose(got, dense, atol=1e-11)
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda's bookkeeping calls; records them."""
+
+    def __init__(self, peak):
+        self.calls, self.peak = [], peak
+
+    def reset_peak_memory_stats(self, device=None):
+        self.calls.append(("reset", str(device)))
+
+    def max_memory_allocated(self, device=None):
+        self.calls.append(("peak", str(device)))
+        return self.peak
+
+    def synchronize(self, device=None):
+        self.calls.append(("sync", str(device)))
+
+    def empty_cache(self):
+        self.calls.append(("empty", None))
+
+
+def test_memory_bookkeeping_and_stage_sync_on_a_cuda_device(monkeypatch):
+    from dbgpu.devices import empty_cache
+    from dbgpu.scoring import ScoreStats
+
+    fake = _FakeCuda(peak=123)
+    for name in ("reset_peak_memory_stats", "max_memory_allocated", "synchronize", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    dev = torch.device("cuda:0")
+    stats = ScoreStats(sync=True)
+    stats.begin(dev)
+    with stats.stage("forward", dev):
+        pass
+    stats.record_peak_memory(dev)
+    fake.peak = 50                                    # a later, smaller call keeps the largest peak
+    stats.begin(dev)
+    stats.record_peak_memory(dev)
+    empty_cache(dev)
+    assert fake.calls == [("reset", "cuda:0"), ("sync", "cuda:0"), ("peak", "cuda:0"), ("reset", "cuda:0"),
+                          ("peak", "cuda:0"), ("empty", None)]
+    assert stats.peak_memory_bytes == 123 and "forward" in stats.stage_seconds
+    cpu = ScoreStats(sync=True)
+    cpu.begin(torch.device("cpu"))
+    with cpu.stage("head", torch.device("cpu")):
+        pass
+    cpu.record_peak_memory(torch.device("cpu"))
+    assert cpu.peak_memory_bytes is None and len(fake.calls) == 6       # nothing on the CPU
+
+
+def test_scorers_reset_the_peak_before_they_measure(tiny_lms, word_task, monkeypatch):
+    """Peak memory is measured from the start of each scoring call, not since loading."""
+    import dbgpu.scoring.stats as st
+    from dbgpu.formatting import encode_states
+    from dbgpu.scoring import ScoreStats, score_matrix
+
+    order = []
+    monkeypatch.setattr(st.ScoreStats, "begin", lambda self, device: order.append("begin"))
+    monkeypatch.setattr(st.ScoreStats, "record_peak_memory", lambda self, device: order.append("peak"))
+    lm = tiny_lms("llama")
+    enc = encode_states(lm.tokenizer, word_task, ["ATTITUDE", "BUZZY"])
+    for method in ("tree", "plain"):
+        order.clear()
+        score_matrix(lm.model, enc.prompt_ids, enc.cont_ids, method=method, stats=ScoreStats())
+        assert order == ["begin", "peak"], method
