@@ -1,7 +1,8 @@
 """`dbgpu run`: the main job end to end on defaults, in one output directory.
 
 The task's seed states, the exact kernel (`score`), the least-action potential and the
-statistics (`fit`), the figures and report.md (`report`); it says what it does as it
+statistics (`fit`), V explained by the task's state features when it has them
+(`explain`), the figures and report.md (`report`); it says what it does as it
 goes through `log` and ends with each state's coverage and self-transition mass, the
 largest transitions and the headline detailed-balance numbers.
 """
@@ -16,21 +17,29 @@ from dbgpu.console import fmt
 from dbgpu.errors import DbgpuError
 
 
+def _cut(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
 def kernel_summary(states: list[str], logT: np.ndarray, *, top: int = 10) -> str:
     """Coverage and self-transition mass per state, and the largest transitions, as text."""
     T = np.exp(logT)                                          # (N, N)
     cover, self_mass = T.sum(1), np.diag(T)
-    lines = [f"{'state':<14}{'coverage':>11}{'self':>11}{'to others':>11}"]
+    w = max(14, min(44, 2 + max(map(len, states))))
+    lines = [f"{'state':<{w}}{'coverage':>11}{'self':>11}{'to others':>11}"]
     for i in np.argsort(-cover):
-        lines.append(f"{states[i]:<14}{cover[i]:>11.3e}{self_mass[i]:>11.3e}{cover[i] - self_mass[i]:>11.3e}")
+        lines.append(f"{_cut(states[i], w - 2):<{w}}{cover[i]:>11.3e}{self_mass[i]:>11.3e}"
+                     f"{cover[i] - self_mass[i]:>11.3e}")
     off = T.copy()
     np.fill_diagonal(off, 0.0)
     flat = np.argsort(-off, axis=None)[:top]
+    tw = min(w - 2, 32)
     lines.append("")
     lines.append(f"top {len(flat)} transitions f -> g (self-transitions excluded):")
     for k in flat:
         f, g = np.unravel_index(k, off.shape)
-        lines.append(f"  {states[f]:>12} -> {states[g]:<12} T = {off[f, g]:.3e}   log T = {logT[f, g]:8.3f}")
+        lines.append(f"  {_cut(states[f], tw):>{tw}} -> {_cut(states[g], tw):<{tw}} T = {off[f, g]:.3e}   "
+                     f"log T = {logT[f, g]:8.3f}")
     return "\n".join(lines)
 
 
@@ -62,6 +71,7 @@ def run_job(*, model: str, task, n_states: int, out: str | Path, template_path=N
     """Seed states -> score -> fit -> report in `out`. Returns {"meta", "stats", "report"}."""
     from dbgpu.commands.fit import fit_input
     from dbgpu.commands.score import score_job
+    from dbgpu.explain import summary_lines
     from dbgpu.io import read_json
     from dbgpu.report import write_report
 
@@ -79,10 +89,27 @@ def run_job(*, model: str, task, n_states: int, out: str | Path, template_path=N
     log("")
     log(kernel_summary(states, np.load(out / "logT.npy")))
     stats = fit_input(out, out, device="cpu" if device == "cpu" else "auto")
+    explained = _explain(out, task, log=log)
     report = write_report(out)
     log("")
     log(analysis_summary(stats, read_json(out / "potential.json")))
+    if explained is not None:
+        log("\n".join(summary_lines(explained)))
     log("")
     log(f"report: {report}")
     log(f"files in {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
-    return {"meta": meta, "stats": stats, "report": str(report)}
+    return {"meta": meta, "stats": stats, "report": str(report), "explain": explained}
+
+
+def _explain(out: Path, task, *, log) -> dict | None:
+    """explain.json for a task with features; a run goes on (saying why) when V cannot be
+    explained, e.g. with too few bounded states."""
+    from dbgpu.commands.explain import explain_job
+
+    if getattr(task, "features", None) is None:
+        return None
+    try:
+        return explain_job(out, task=task)
+    except DbgpuError as e:
+        log(f"explain: skipped ({e})")
+        return None

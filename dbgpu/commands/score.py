@@ -34,7 +34,7 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
     from dbgpu.models import load_model
     from dbgpu.provenance import versions
     from dbgpu.scoring import exact_kernel
-    from dbgpu.tasks import canonical_states, template_sha256
+    from dbgpu.tasks import canonical_states, task_spec, template_sha256
 
     check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens)
     states = canonical_states(task, states)
@@ -46,7 +46,7 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
     meta = {
         "model": model,
         "resolved": lm.resolved,
-        "task": task.name,
+        "task": task_spec(task),
         "template": str(template_path) if template_path else None,
         "template_sha256": template_sha256(task),
         "answer_prefix": task.answer_prefix,
