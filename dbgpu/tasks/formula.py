@@ -190,10 +190,12 @@ SEEDS = (
 
 @dataclass
 class Formula:
-    """The formula task. `answer_prefix` "" by default: measured on SmolLM2 (see README)."""
+    """The formula task. `answer_prefix` "y =" opens the answer: measured on SmolLM2 from
+    the start state (64 answers each, temperature 1), "y =" / "Formula:" / none gave 19% /
+    6% / 6% answers that ended within 48 tokens (README)."""
 
     template: str = DEFAULT_TEMPLATE
-    answer_prefix: str = ""
+    answer_prefix: str = "y ="
     name: str = "formula"
     invalid_state: str | None = INVALID
     start_state: str = "param1 + param2*x"
