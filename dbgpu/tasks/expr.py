@@ -33,6 +33,7 @@ Internal tree (tuples, hashable):
 from __future__ import annotations
 
 import ast
+import keyword
 import re
 
 import numpy as np
@@ -49,7 +50,44 @@ _BINOPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow)
 
 
 class ExprError(ValueError):
-    """Why a text is not an allowed expression (one line)."""
+    """Why a text is not an allowed expression (one line). `syntax` is True when the text
+    is not a Python expression at all (rather than one the whitelist refuses)."""
+
+    def __init__(self, message: str, *, syntax: bool = False):
+        super().__init__(message)
+        self.syntax = syntax
+
+
+# --------------------------------------------------------------------------- not an expression
+
+_KEYWORDS = set(keyword.kwlist) | set(keyword.softkwlist)
+_LEX = re.compile(r"\s+|[A-Za-z_][A-Za-z0-9_]*|[0-9][0-9A-Za-z_.]*|[)\]}]|.", re.S)
+
+
+def _atom(tok: str) -> bool:
+    """A token that ends an operand: a name that is no keyword, a number, a closing bracket."""
+    return (tok[0].isalpha() or tok[0] == "_") and tok not in _KEYWORDS or tok[0].isdigit() or tok in ")]}"
+
+
+def juxtaposed(text: str, *, partial: bool = True) -> bool:
+    """Whether `text` has two operands side by side ("The formula", "x) where", "2 x"): then
+    no text that starts with it is a Python expression. Sound for prefixes (partial): a
+    last name that could still grow into a keyword (`i` -> `if`) is not counted, and the
+    scan stops at a quote or `#` (strings and comments are not analysed). O(len(text))."""
+    toks = [(m.group(), m.end()) for m in _LEX.finditer(text)]
+    prev = None
+    for tok, end in toks:
+        if tok[0] in "'\"#":
+            return False
+        if tok.isspace():
+            continue
+        second = (tok[0].isalpha() or tok[0] == "_" or tok[0].isdigit()) and tok not in _KEYWORDS
+        if prev is not None and _atom(prev) and second:
+            growing = partial and end == len(text) and not tok[0].isdigit()
+            if not (growing and any(k.startswith(tok) for k in _KEYWORDS)):
+                return True
+        prev = tok
+    return False
 
 
 # --------------------------------------------------------------------------- text -> checked ast
@@ -73,9 +111,11 @@ def _parse_ast(text: str) -> ast.expr:
     if _bracket_depth(text) > MAX_DEPTH:
         raise ExprError(f"brackets nested deeper than {MAX_DEPTH}")
     try:
-        return ast.parse(text, mode="eval").body
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
-        raise ExprError(f"not an expression ({type(e).__name__})") from None
+        return ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as e:               # IndentationError included
+        raise ExprError(f"not an expression ({type(e).__name__})", syntax=True) from None
+    except (ValueError, RecursionError, MemoryError, OverflowError) as e:
+        raise ExprError(f"cannot be parsed within limits ({type(e).__name__})") from None
 
 
 def _check_node(node: ast.AST) -> list[ast.AST]:

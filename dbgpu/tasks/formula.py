@@ -28,9 +28,19 @@ e_noise the RMS relative scatter of the table about the exact law,
 so 0 is no better than a constant, 100 fits as well as the law itself, and every factor
 by which the error shrinks counts the same. Scores are cached per state.
 
-An answer that is not an allowed expression (prose, code, other names or numbers, over the
-size limits) is the single invalid state INVALID: every non-empty answer is a state,
-`parse` returns None only for an empty one (so no partial answer is hopeless).
+Answers, as for words (alphabetic or not, summing to 100 or not):
+
+- not a Python expression at all (prose, "f(x) = ... where ...", unbalanced brackets, an
+  empty answer): rejected, like a non-alphabetic word (`parse` -> None);
+- a Python expression the whitelist refuses (other names or numbers, attribute access,
+  calls of anything else, lambdas, subscripts, strings, comprehensions) or one over the
+  size limits: the single invalid state INVALID;
+- an allowed expression: its canonical form, a state.
+
+`hopeless`: once a partial answer holds two operands side by side outside strings and
+comments ("The formula", "x) where"), no continuation makes it an expression
+(`dbgpu.tasks.expr.juxtaposed`), so sampling stops it there; `parse` checks the same rule
+before anything else, so an answer stopped early is rejected exactly as it would have been.
 """
 
 from __future__ import annotations
@@ -41,8 +51,8 @@ import numpy as np
 
 from dbgpu.errors import DbgpuError
 from dbgpu.tasks.base import fill_template
-from dbgpu.tasks.expr import (FUNCTIONS, ExprError, compile_tree, depth, functions, parameters, parse_expression,
-                              to_text)
+from dbgpu.tasks.expr import (FUNCTIONS, ExprError, compile_tree, depth, functions, juxtaposed, parameters,
+                              parse_expression, to_text)
 
 INVALID = "INVALID"
 ROUGHNESS = 1 / 252            # relative roughness k/D
@@ -52,6 +62,7 @@ SCATTER = 0.01                 # relative measurement scatter
 SEED = 0
 PENALTY = 1e3                  # residual that replaces inf/nan while fitting
 MAX_ANSWER_TOKENS = 48         # explore's default --max-new-tokens for this task
+SCAN_CHARS = 2000              # how much of an answer the side-by-side rule reads
 
 
 def colebrook(re: np.ndarray, roughness: float, *, iterations: int = 60) -> np.ndarray:
@@ -212,14 +223,19 @@ class Formula:
         return f" {g}" if self.answer_prefix and not self.answer_prefix[-1].isspace() else g
 
     def parse(self, text: str) -> str | None:
-        """The canonical expression, INVALID for any other non-empty answer, None if empty."""
+        """The canonical expression; INVALID for a refused Python expression; None for an
+        answer that is not a Python expression (see the module doc)."""
         s = clean_answer(text)
-        if not s:
+        if not s or juxtaposed(s[:SCAN_CHARS]):
             return None
         try:
             return to_canonical(s)
-        except ExprError:
-            return INVALID
+        except ExprError as e:
+            return None if e.syntax else INVALID
+
+    def hopeless(self, text: str) -> bool:
+        """A partial answer with two operands side by side: no continuation parses."""
+        return juxtaposed(text.strip()[:SCAN_CHARS])
 
     def valid(self, g: str) -> bool:
         return g != INVALID and self.parse(g) == g
@@ -264,9 +280,7 @@ def clean_answer(text: str) -> str:
     s = text.strip()
     if len(s) > 2000:
         return s
-    s = s.strip("`").strip()
-    if s.endswith("."):
-        s = s[:-1].rstrip()
+    s = s.removesuffix(".").strip().strip("`").strip().removesuffix(".").rstrip()
     for head in ("y =", "y=", "f(x) =", "f(x)=", "y(x) =", "y(x)="):
         if s.startswith(head):
             return s[len(head):].strip()
