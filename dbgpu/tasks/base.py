@@ -85,6 +85,12 @@ def check_task(task, *, spec: str):
     return task
 
 
+def after_prefix(answer_prefix: str, text: str) -> str:
+    """An answer as it follows the prefix: after a prefix such as "Word:" that does not end
+    in whitespace, the answer's first token carries the space (" ATTITUDE")."""
+    return f" {text}" if answer_prefix and not answer_prefix[-1].isspace() else text
+
+
 def fill_template(template: str, state: str, **fields: str) -> str:
     """Put `state` (and any other named fields, e.g. a score) into a user prompt template:
     Jinja (`{{ state }}`) or plain `{state}` / `{name}`."""

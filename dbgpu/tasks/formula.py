@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dbgpu.errors import DbgpuError
-from dbgpu.tasks.base import fill_template
+from dbgpu.tasks.base import after_prefix, fill_template
 from dbgpu.tasks.expr import (FUNCTIONS, ExprError, compile_tree, depth, functions, juxtaposed, parameters,
                               parse_expression, to_text)
 
@@ -220,7 +220,7 @@ class Formula:
         return [{"role": "user", "content": text}]
 
     def render(self, g: str) -> str:
-        return f" {g}" if self.answer_prefix and not self.answer_prefix[-1].isspace() else g
+        return after_prefix(self.answer_prefix, g)
 
     def parse(self, text: str) -> str | None:
         """The canonical expression; INVALID for a refused Python expression; None for an

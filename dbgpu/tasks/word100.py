@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dbgpu.errors import DbgpuError
-from dbgpu.tasks.base import fill_template
+from dbgpu.tasks.base import after_prefix, fill_template
 
 TARGET = 100
 INVALID = "INVALID00"
@@ -73,8 +73,7 @@ class Word100:
         return [{"role": "user", "content": fill_template(self.template, f)}]
 
     def render(self, g: str) -> str:
-        # After a prefix such as "Word:" the answer's first token carries the space.
-        return f" {g}" if self.answer_prefix and not self.answer_prefix[-1].isspace() else g
+        return after_prefix(self.answer_prefix, g)
 
     def parse(self, text: str) -> str | None:
         s = text.strip().upper()
