@@ -161,10 +161,14 @@ def summary_lines(doc: dict, *, top: int = 5) -> list[str]:
     ols, ridge = doc["ols"], doc["ridge"]
     lead = ", ".join(f"{k} {ridge['coefficients'][k]['coef']:+.3g} ± {fmt(ridge['coefficients'][k]['se'], '.2g')}"
                      for k in doc["leading"][:top])
-    return [f"explaining V by {len(doc['features'])} features on {doc['n_states']} states: "
-            f"OLS R² {fmt(ols['r2'], '.3f')} (cross-validated {fmt(ols['r2_cv'], '.3f')}), ridge R² "
-            f"{fmt(ridge['r2'], '.3f')} (cross-validated {fmt(ridge['r2_cv'], '.3f')}, alpha {ridge['alpha']:.3g})",
-            f"leading features (ridge, V per sd of the feature): {lead}"]
+    lines = [f"explaining V by {len(doc['features'])} features on {doc['n_states']} states: "
+             f"OLS R² {fmt(ols['r2'], '.3f')} (cross-validated {fmt(ols['r2_cv'], '.3f')}), ridge R² "
+             f"{fmt(ridge['r2'], '.3f')} (cross-validated {fmt(ridge['r2_cv'], '.3f')}, alpha {ridge['alpha']:.3g})",
+             f"leading features (ridge, V per sd of the feature): {lead}"]
+    if ridge["r2_cv"] is None or ridge["r2_cv"] <= 0:
+        lines.append("no combination of these features predicts V out of fold better than the mean "
+                     "(cross-validated R² <= 0)")
+    return lines
 
 
 def explain_markdown(doc: dict) -> str:
