@@ -31,6 +31,7 @@ def test_features_that_determine_V_exactly_give_R2_one_and_the_right_coefficient
     assert ols["intercept"] == pytest.approx(V.mean())          # features are centred
     assert doc["ridge"]["r2_cv"] > 0.999                         # the smallest penalty wins
     assert doc["leading"][:2] == ["f2", "f1"]                    # |-3 sd(f2)| > |2 sd(f1)|
+    assert len(summary_lines(doc)) == 2                          # no "predicts nothing" note
 
 
 def test_noise_features_get_coefficients_near_zero():
@@ -92,6 +93,8 @@ def test_pure_noise_has_no_cross_validated_skill():
     doc = regress(["n1", "n2", "n3"], rng.normal(size=(60, 3)), rng.normal(size=60))
     assert doc["ols"]["r2_cv"] < 0.05 and doc["ridge"]["r2_cv"] < 0.05
     assert doc["ols"]["r2"] > doc["ols"]["r2_cv"]          # in-sample R² is optimistic
+    if doc["ridge"]["r2_cv"] <= 0:
+        assert "better than the mean" in summary_lines(doc)[-1]
 
 
 def test_constant_and_non_finite_features_are_dropped_and_listed():
