@@ -49,7 +49,7 @@ def _task_options(p: argparse.ArgumentParser, *, default_task: str | None = None
                         "{state}")
     g.add_argument("--answer-prefix", default=None, metavar="TEXT",
                    help="text that opens the answer, part of the prompt (word100 default: 'Word:', "
-                        "formula: none; '' for none)")
+                        "formula: 'y ='; '' for none)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default 1)")
 
 
