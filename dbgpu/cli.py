@@ -111,7 +111,11 @@ def _add_run(sub) -> None:
     _model_options(p, default_model="smollm2-135m")
     _task_options(p, default_task="word100")
     _scoring_options(p)
-    p.add_argument("--n-states", type=int, default=24, help="size of the seed state set (default 24)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--n-states", type=int, default=24, help="size of the seed state set (default 24)")
+    src.add_argument("--states", default=None, metavar="FILE",
+                     help="score this state set instead (JSON list, text file or score dir), e.g. the "
+                          "seed states plus what `dbgpu states` found")
     p.add_argument("--out", default="runs/default", metavar="DIR", help="output directory (default runs/default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
@@ -120,7 +124,10 @@ def _add_run(sub) -> None:
 def _cmd_run(args) -> int:
     from dbgpu.commands.run import run_job
 
-    run_job(task=_task_from(args), n_states=args.n_states, out=args.out, **_scoring_kwargs(args))
+    from dbgpu.io import read_states_file
+
+    states = read_states_file(args.states) if args.states else None
+    run_job(task=_task_from(args), n_states=args.n_states, states=states, out=args.out, **_scoring_kwargs(args))
     return 0
 
 

@@ -16,10 +16,14 @@ def run_cli(capsys, *argv):
 
 
 def test_run_formula_prints_its_summary_and_explains_V(tmp_path, capsys):
+    from dbgpu.tasks.formula import SEEDS
+
     out = tmp_path / "run"
-    code, stdout, err = run_cli(capsys, "run", "--task", "formula", "--model", "random:llama", "--n-states", 8,
-                                "--out", out, "--quiet", "--device", "cpu")
+    (tmp_path / "states.json").write_text(json.dumps(list(SEEDS[:7]) + ["x*param2 + param1"]))
+    code, stdout, err = run_cli(capsys, "run", "--task", "formula", "--model", "random:llama", "--states",
+                                tmp_path / "states.json", "--out", out, "--quiet", "--device", "cpu")
     assert code == 0, err
+    assert json.loads((out / "states.json").read_text()) == list(SEEDS[:7]) + ["param1 + param2*x"]
     assert "coverage" in stdout and "self" in stdout and "top 10 transitions" in stdout
     assert "param1*x" in stdout and "explaining V by" in stdout and "leading features" in stdout
     meta = json.loads((out / "meta.json").read_text())

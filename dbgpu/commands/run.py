@@ -65,19 +65,28 @@ def analysis_summary(stats: dict, potential: dict, *, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def run_job(*, model: str, task, n_states: int, out: str | Path, template_path=None, temperature: float = 1.0,
-            method: str = "tree", device="auto", dtype="auto", cache_dir=None, batch_tokens: int = 16384,
-            max_logits: int | None = None, progress: bool = True, log=print) -> dict:
-    """Seed states -> score -> fit -> report in `out`. Returns {"meta", "stats", "report"}."""
+def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[str] | None = None,
+            template_path=None, temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto",
+            cache_dir=None, batch_tokens: int = 16384, max_logits: int | None = None, progress: bool = True,
+            log=print) -> dict:
+    """Seed states (or `states`) -> score -> fit -> explain -> report in `out`. Returns
+    {"meta", "stats", "report", "explain"}."""
     from dbgpu.commands.fit import fit_input
     from dbgpu.commands.score import score_job
     from dbgpu.explain import summary_lines
     from dbgpu.io import read_json
     from dbgpu.report import write_report
 
-    if n_states < 2:
-        raise DbgpuError(f"--n-states must be at least 2, got {n_states}")
-    states = task.seed_states(n_states)
+    if states is None:
+        if n_states < 2:
+            raise DbgpuError(f"--n-states must be at least 2, got {n_states}")
+        states = task.seed_states(n_states)
+    else:
+        from dbgpu.tasks import canonical_states
+
+        states = canonical_states(task, states)
+        if len(states) < 2:
+            raise DbgpuError(f"a run needs at least 2 states, got {len(states)}")
     log(f"dbgpu run: task {task.name}, model {model}, {len(states)} states -> {out}")
     meta = score_job(model=model, task=task, states=states, out=out, template_path=template_path,
                      temperature=temperature, device=device, dtype=dtype, cache_dir=cache_dir, method=method,
