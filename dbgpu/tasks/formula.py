@@ -202,8 +202,8 @@ SEEDS = (
 @dataclass
 class Formula:
     """The formula task. `answer_prefix` "y =" opens the answer: measured on SmolLM2 from
-    the start state (64 answers each, temperature 1), "y =" / "Formula:" / none gave 19% /
-    6% / 6% answers that ended within 48 tokens (README)."""
+    the start state (128 answers each, temperature 1), "y =" / "Formula:" / none gave
+    3.9% / 0.8% / 0% answers that were not rejected (README)."""
 
     template: str = DEFAULT_TEMPLATE
     answer_prefix: str = "y ="
