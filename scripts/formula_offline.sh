@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The formula agent on the two offline models: SmolLM2 explores (63 steps x 32 = 2,016
 # answers by default); the task's 32 seed states plus the valid formulas it discovered are
-# scored exactly under SmolLM2-135M and Gemma-3-270M (`dbgpu compare`: score, fit, report,
-# compared), and each run's V is explained by the formulas' features (`dbgpu explain`).
-# A second call continues the explore run by STEPS more steps and reuses unchanged scores.
+# scored exactly under SmolLM2-135M and Gemma-3-270M (`dbgpu run --states`: score, fit,
+# explain, report; coverage and self-transition mass printed per state).
+# A second call continues the explore run by STEPS more steps.
 #   scripts/formula_offline.sh [OUT_DIR] [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,9 +22,6 @@ seeds = Formula().seed_states(len(SEEDS))
 found = json.load(open(f"{out}/discovered.json"))
 json.dump(seeds + [s for s in found if s not in seeds], open(f"{out}/states.json", "w"), indent=1)
 PY
-.venv/bin/dbgpu compare --models smollm2-135m,gemma3-270m --task formula --states "$out/states.json" \
-    --out "$out/compare" --quiet
-for run in "$out"/compare/runs/*/; do
-    echo "== $run"
-    .venv/bin/dbgpu explain "$run"
+for model in smollm2-135m gemma3-270m; do
+    .venv/bin/dbgpu run --task formula --model "$model" --states "$out/states.json" --out "$out/$model" --quiet
 done
