@@ -26,6 +26,9 @@ class _Parser(argparse.ArgumentParser):
 
 # --------------------------------------------------------------------------- commands
 
+TASK_HELP = ("a built-in task (word100, formula), package.module:Name (a task class), or a name "
+             "registered under the dbgpu.tasks entry-point group")
+
 
 def _model_options(p: argparse.ArgumentParser, *, default_model: str | None = None) -> None:
     g = p.add_argument_group("model")
@@ -40,12 +43,15 @@ def _model_options(p: argparse.ArgumentParser, *, default_model: str | None = No
 
 def _task_options(p: argparse.ArgumentParser, *, default_task: str | None = None) -> None:
     g = p.add_argument_group("task")
-    g.add_argument("--task", required=default_task is None, default=default_task, help="task name (word100)")
+    g.add_argument("--task", required=default_task is None, default=default_task, help=TASK_HELP
+                   + (f" (default {default_task})" if default_task else ""))
     g.add_argument("--template", default=None, metavar="NAME|FILE",
-                   help="user prompt template: a built-in name (word100: paper, terse, puzzle) or a file, "
-                        "Jinja ({{ state }}) or plain text with {state}")
+                   help="user prompt template: one of the task's built-in names (word100: paper, terse, "
+                        "puzzle; formula: default, terse) or a file, Jinja ({{ state }}) or plain text with "
+                        "{state}")
     g.add_argument("--answer-prefix", default=None, metavar="TEXT",
-                   help="text that opens the answer, part of the prompt (word100 default: 'Word:'; '' for none)")
+                   help="text that opens the answer, part of the prompt (word100 default: 'Word:', "
+                        "formula: 'y ='; '' for none)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default 1)")
 
 
@@ -145,7 +151,11 @@ def _add_run(sub) -> None:
     _model_options(p, default_model="smollm2-135m")
     _task_options(p, default_task="word100")
     _scoring_options(p)
-    p.add_argument("--n-states", type=int, default=24, help="size of the seed state set (default 24)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--n-states", type=int, default=24, help="size of the seed state set (default 24)")
+    src.add_argument("--states", default=None, metavar="FILE",
+                     help="score this state set instead (JSON list, text file or score dir), e.g. the "
+                          "seed states plus what `dbgpu states` found")
     p.add_argument("--out", default="runs/default", metavar="DIR", help="output directory (default runs/default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
@@ -154,7 +164,32 @@ def _add_run(sub) -> None:
 def _cmd_run(args) -> int:
     from dbgpu.commands.run import run_job
 
-    run_job(task=_task_from(args), n_states=args.n_states, out=args.out, **_scoring_kwargs(args))
+    from dbgpu.io import read_states_file
+
+    states = read_states_file(args.states) if args.states else None
+    run_job(task=_task_from(args), n_states=args.n_states, states=states, out=args.out, **_scoring_kwargs(args))
+    return 0
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="regress a fitted potential on the task's state features",
+                       description="Regress V (potential.json of DIR) on the features the task defines for "
+                                   "each state (standardised OLS and ridge, cross-validated R², coefficients "
+                                   "with standard errors); write explain.json and explain.png/.pdf.")
+    p.add_argument("dir", metavar="DIR", help="a fit output directory (run, score + fit, or fit of an explore log)")
+    p.add_argument("--task", default=None, help=TASK_HELP + " (default: the one recorded with DIR)")
+    p.add_argument("--folds", type=int, default=5, metavar="K", help="cross-validation folds (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    p.set_defaults(func=_cmd_explain)
+
+
+def _cmd_explain(args) -> int:
+    from dbgpu.commands.explain import explain_job
+    from dbgpu.explain import summary_lines
+
+    doc = explain_job(args.dir, task=args.task, folds=args.folds, seed=args.seed)
+    print("\n".join(summary_lines(doc)))
+    print(f"wrote {args.dir}/explain.json, explain.png, explain.pdf")
     return 0
 
 
@@ -228,7 +263,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--models", required=True, metavar="M1,M2,...", help="comma-separated models")
     p.add_argument("--templates", default=None, metavar="T1,T2,...",
                    help="comma-separated built-in template names or files (default: the task's own)")
-    p.add_argument("--task", default="word100", help="task name (default word100)")
+    p.add_argument("--task", default="word100", help=TASK_HELP + " (default word100)")
     p.add_argument("--answer-prefix", default=None, metavar="TEXT", help="as for score")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default 1)")
     p.add_argument("--method", default="tree", choices=["tree", "plain"], help="scoring method (default tree)")
@@ -292,8 +327,9 @@ def _add_explore(sub) -> None:
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="B",
                    help=f"queries per step, sampled in one batch (default {DEFAULT_BATCH})")
     p.add_argument("--start", default=None, metavar="STATE", help="start state (default: the task's, BUZZY)")
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
-                   help=f"longer answers are truncated and rejected (default {DEFAULT_MAX_NEW_TOKENS})")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help=f"longer answers are truncated and rejected (default: the task's, word100 "
+                        f"{DEFAULT_MAX_NEW_TOKENS}, formula 48)")
     p.add_argument("--seed", type=int, default=0, help="same seed, model and device: the same log (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_explore)
@@ -355,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(sub)
     _add_explore(sub)
     _add_states(sub)
+    _add_explain(sub)
     return parser
 
 

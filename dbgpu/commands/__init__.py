@@ -8,4 +8,5 @@ atomically and returns a summary; `dbgpu.cli` only parses arguments and prints.
     compare  models x templates on one state set
     explore  the sampling agent                        -> transitions.jsonl, explore.json
     states   the states an explore run discovered
+    explain  the fitted potential regressed on the task's state features -> explain.json, explain.png
 """

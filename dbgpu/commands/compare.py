@@ -70,7 +70,7 @@ def _check(models: list[str], templates: list[str | None]) -> None:
         raise DbgpuError("a model or template is listed twice")
 
 
-def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, task_name: str, temperature: float,
+def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temperature: float,
                 method: str, device, dtype, cache_dir, progress: bool, log) -> list[dict]:
     """Score (or reuse), fit and report each template's run of one model; the model is
     loaded once, and only if some run needs scoring."""
@@ -79,14 +79,14 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, task_n
     from dbgpu.commands.score import score_job
     from dbgpu.distributed import launched, rank_device
     from dbgpu.models import load_model
-    from dbgpu.tasks import template_sha256
+    from dbgpu.tasks import task_spec, template_sha256
 
     lm, runs = None, []
     for t in templates:
         task = tasks[t]
         label = f"{model} [{template_label(t)}]"
         run_dir = out / "runs" / f"{slug(model)}__{slug(template_label(t))}"
-        wanted = {"model": model, "task": task_name, "template_sha256": template_sha256(task),
+        wanted = {"model": model, "task": task_spec(task), "template_sha256": template_sha256(task),
                   "answer_prefix": task.answer_prefix, "temperature": temperature}
         reused = reusable(run_dir, states=states, meta_wanted=wanted)
         if reused:
@@ -116,7 +116,8 @@ def compare_job(*, models: list[str], templates: list[str | None], task_name: st
     from dbgpu.tasks import canonical_states, get_task, read_template
 
     _check(models, templates)
-    tasks = {t: get_task(task_name, template=read_template(t, task=task_name), answer_prefix=answer_prefix)
+    base = get_task(task_name)
+    tasks = {t: get_task(task_name, template=read_template(t, task=base), answer_prefix=answer_prefix)
              for t in templates}
     states = canonical_states(next(iter(tasks.values())), states)
     for m in models:
@@ -126,7 +127,7 @@ def compare_job(*, models: list[str], templates: list[str | None], task_name: st
     with locked_dir(out) if main else contextlib.nullcontext():
         runs = []
         for model in models:
-            runs += _model_runs(model, templates, tasks, states=states, out=out, task_name=task_name,
+            runs += _model_runs(model, templates, tasks, states=states, out=out,
                                 temperature=temperature, method=method, device=device, dtype=dtype,
                                 cache_dir=cache_dir, progress=progress, log=log if main else (lambda *a: None))
         if not main:

@@ -150,13 +150,17 @@ def _record_call(out: Path, doc: dict, call: dict, tally: Tally) -> None:
 
 def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol: str = "paper",
                 batch: int = DEFAULT_BATCH, start: str | None = None,
-                temperature: float = DEFAULT_TEMPERATURE, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                temperature: float = DEFAULT_TEMPERATURE, max_new_tokens: int | None = None,
                 seed: int = 0, device="auto", dtype="auto", cache_dir=None, progress: bool = True,
                 lm=None) -> dict:
     """Run `steps` steps of `batch` queries, appending to out/transitions.jsonl (continuing
-    a run already there). Returns this call's record: steps done, summary, discovered states."""
+    a run already there). Returns this call's record: steps done, summary, discovered states.
+    `max_new_tokens` None: the task's own `max_new_tokens` if it has one, else 10."""
     from dbgpu.formatting import TEMPLATE_DATE
     from dbgpu.provenance import environment, model_record
+
+    if max_new_tokens is None:
+        max_new_tokens = getattr(task, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
 
     # Everything that can be wrong with the input is checked before anything is written.
     check_options(steps=steps, batch=batch, protocol=protocol, temperature=temperature,

@@ -1,7 +1,8 @@
 """`dbgpu run`: the main job end to end on defaults, in one output directory.
 
 The task's seed states, the exact kernel (`score`), the least-action potential and the
-statistics (`fit`), the figures and report.md (`report`); it says what it does as it
+statistics (`fit`), V explained by the task's state features when it has them
+(`explain`), the figures and report.md (`report`); it says what it does as it
 goes through `log` and ends with each state's coverage and self-transition mass, the
 largest transitions and the headline detailed-balance numbers.
 """
@@ -16,21 +17,29 @@ from dbgpu.console import fmt
 from dbgpu.errors import DbgpuError
 
 
+def _cut(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
 def kernel_summary(states: list[str], logT: np.ndarray, *, top: int = 10) -> str:
     """Coverage and self-transition mass per state, and the largest transitions, as text."""
     T = np.exp(logT)                                          # (N, N)
     cover, self_mass = T.sum(1), np.diag(T)
-    lines = [f"{'state':<14}{'coverage':>11}{'self':>11}{'to others':>11}"]
+    w = max(14, min(44, 2 + max(map(len, states))))
+    lines = [f"{'state':<{w}}{'coverage':>11}{'self':>11}{'to others':>11}"]
     for i in np.argsort(-cover):
-        lines.append(f"{states[i]:<14}{cover[i]:>11.3e}{self_mass[i]:>11.3e}{cover[i] - self_mass[i]:>11.3e}")
+        lines.append(f"{_cut(states[i], w - 2):<{w}}{cover[i]:>11.3e}{self_mass[i]:>11.3e}"
+                     f"{cover[i] - self_mass[i]:>11.3e}")
     off = T.copy()
     np.fill_diagonal(off, 0.0)
     flat = np.argsort(-off, axis=None)[:top]
+    tw = min(w - 2, 32)
     lines.append("")
     lines.append(f"top {len(flat)} transitions f -> g (self-transitions excluded):")
     for k in flat:
         f, g = np.unravel_index(k, off.shape)
-        lines.append(f"  {states[f]:>12} -> {states[g]:<12} T = {off[f, g]:.3e}   log T = {logT[f, g]:8.3f}")
+        lines.append(f"  {_cut(states[f], tw):>{tw}} -> {_cut(states[g], tw):<{tw}} T = {off[f, g]:.3e}   "
+                     f"log T = {logT[f, g]:8.3f}")
     return "\n".join(lines)
 
 
@@ -56,22 +65,30 @@ def analysis_summary(stats: dict, potential: dict, *, top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def run_job(*, model: str, task, n_states: int, out: str | Path, template_path=None, temperature: float = 1.0,
-            method: str = "tree", device="auto", dtype="auto", cache_dir=None, batch_tokens: int = 16384,
-            max_logits: int | None = None, rows_per_block: int = 128, overwrite: bool = False,
-            progress: bool = True, log=print) -> dict:
-    """Seed states -> score -> fit -> report in `out`. Returns {"meta", "stats", "report"}."""
+def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[str] | None = None,
+            template_path=None, temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto",
+            cache_dir=None, batch_tokens: int = 16384, max_logits: int | None = None, rows_per_block: int = 128,
+            overwrite: bool = False, progress: bool = True, log=print) -> dict:
+    """Seed states (or `states`) -> score -> fit -> explain -> report in `out`. Returns
+    {"meta", "stats", "report", "explain"} ({} on the other ranks of a launched job)."""
     import contextlib
 
     from dbgpu.commands.score import check_score_options
     from dbgpu.distributed import launched
     from dbgpu.io import check_out_dir, locked_dir
 
-    if n_states < 2:
-        raise DbgpuError(f"--n-states must be at least 2, got {n_states}")
+    if states is None:
+        if n_states < 2:
+            raise DbgpuError(f"--n-states must be at least 2, got {n_states}")
+        states = task.seed_states(n_states)
+    else:
+        from dbgpu.tasks import canonical_states
+
+        states = canonical_states(task, states)
+        if len(states) < 2:
+            raise DbgpuError(f"a run needs at least 2 states, got {len(states)}")
     check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens,
                         rows_per_block=rows_per_block)
-    states = task.seed_states(n_states)
     out = check_out_dir(out)
     main = launched().main                       # under torchrun, rank 0 writes and reports
     with locked_dir(out) if main else contextlib.nullcontext():   # score, fit and report: one writer
@@ -85,6 +102,7 @@ def _run(*, model, task, states, out: Path, device, log, **scoring) -> dict:
     from dbgpu.commands.fit import fit_input
     from dbgpu.commands.report import report_job
     from dbgpu.commands.score import score_job
+    from dbgpu.explain import summary_lines
     from dbgpu.io import read_json
 
     log(f"dbgpu run: task {task.name}, model {model}, {len(states)} states -> {out}")
@@ -97,10 +115,27 @@ def _run(*, model, task, states, out: Path, device, log, **scoring) -> dict:
     log("")
     log(kernel_summary(states, np.load(out / "logT.npy")))
     stats = fit_input(out, out, device="cpu" if device == "cpu" else "auto")
+    explained = _explain(out, task, log=log)
     report = report_job(out)
     log("")
     log(analysis_summary(stats, read_json(out / "potential.json")))
+    if explained is not None:
+        log("\n".join(summary_lines(explained)))
     log("")
     log(f"report: {report}")
     log(f"files in {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
-    return {"meta": meta, "stats": stats, "report": str(report)}
+    return {"meta": meta, "stats": stats, "report": str(report), "explain": explained}
+
+
+def _explain(out: Path, task, *, log) -> dict | None:
+    """explain.json for a task with features; a run goes on (saying why) when V cannot be
+    explained, e.g. with too few bounded states."""
+    from dbgpu.commands.explain import explain_job
+
+    if getattr(task, "features", None) is None:
+        return None
+    try:
+        return explain_job(out, task=task)
+    except DbgpuError as e:
+        log(f"explain: skipped ({e})")
+        return None

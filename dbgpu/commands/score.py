@@ -73,9 +73,9 @@ def _sha256(obj) -> str:
 def job_settings(*, model: str, task: Task, states: list[str], temperature: float, method: str, device_type: str,
                  dtype: str, rows_per_block: int) -> dict:
     """What a score directory is bound to: a resume must repeat every one of these."""
-    from dbgpu.tasks import template_sha256
+    from dbgpu.tasks import task_spec, template_sha256
 
-    return {"model": model, "task": task.name, "template_sha256": template_sha256(task),
+    return {"model": model, "task": task_spec(task), "template_sha256": template_sha256(task),
             "answer_prefix": task.answer_prefix, "states_sha256": _sha256(states), "n_states": len(states),
             "temperature": temperature, "method": method, "device_type": device_type, "dtype": dtype,
             "rows_per_block": rows_per_block}
@@ -286,13 +286,13 @@ def _meta(*, lm, task: Task, states: list[str], template_path, temperature: floa
     """meta.json: what was scored, with what, how fast, and the reproducibility record."""
     from dbgpu.formatting import TEMPLATE_DATE
     from dbgpu.provenance import environment, model_record
-    from dbgpu.tasks import template_sha256
+    from dbgpu.tasks import task_spec, template_sha256
 
     env = environment(lm.device)
     return {
         "model": job["settings"]["model"],
         "resolved": lm.resolved,
-        "task": task.name,
+        "task": task_spec(task),
         "template": str(template_path) if template_path else None,
         "template_sha256": template_sha256(task),
         "answer_prefix": task.answer_prefix,

@@ -3,17 +3,30 @@
 A task knows nothing about models. `dbgpu.formatting` turns `messages(f)` into the exact
 prompt text for a given tokenizer (chat template or plain text) and appends the answer
 prefix; the scored continuation is `render(g)` followed by the model's end-of-turn token.
+
+Any object with the attributes and methods below is a task: the built-in ones
+(`word100`, `formula`) and plugins (`--task package.module:Name` or a name registered
+under the `dbgpu.tasks` entry-point group; see `dbgpu.tasks.loading` and the README).
+`hopeless`, `features` and `max_new_tokens` are optional.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
+
+from dbgpu.errors import DbgpuError
+
+REQUIRED_ATTRIBUTES = ("name", "template", "templates", "answer_prefix", "invalid_state", "start_state")
+REQUIRED_METHODS = ("messages", "render", "parse", "valid", "check_state", "seed_states")
+OPTIONAL_METHODS = ("hopeless", "features")
 
 
 @runtime_checkable
 class Task(Protocol):
     name: str
     template: str               # the user prompt template, with a {state} slot
+    templates: Mapping[str, str]  # built-in templates by name (--template NAME); may be empty
     answer_prefix: str          # opens the answer; part of the prompt, never scored
     invalid_state: str | None   # where well-formed answers that fail `valid` go (or None)
     start_state: str            # where exploration starts
@@ -27,10 +40,6 @@ class Task(Protocol):
     def parse(self, text: str) -> str | None:
         """Canonical state of a generated answer, or None if it is not a well-formed answer."""
 
-    def hopeless(self, text: str) -> bool:
-        """Whether a partial answer is rejected however it continues (lets sampling stop it
-        early). A task without such a rule may leave it out: then answers always run on."""
-
     def valid(self, g: str) -> bool:
         """Whether state g satisfies the task's condition."""
 
@@ -40,12 +49,56 @@ class Task(Protocol):
     def seed_states(self, n: int) -> list[str]:
         """A default state set of n valid states."""
 
+    # Optional (looked up with getattr):
+    #   hopeless(text) -> bool: a partial answer is rejected however it continues (lets
+    #       sampling stop it early); without it answers always run on.
+    #   features(g) -> dict[str, float]: numeric features of a valid state, the same names
+    #       for every state, for `dbgpu explain`.
+    #   max_new_tokens: int: explore's default answer length for this task.
 
-def fill_template(template: str, state: str) -> str:
-    """Put `state` into a user prompt template: Jinja (`{{ state }}`) or plain `{state}`."""
+
+def protocol_problems(task) -> list[str]:
+    """What keeps `task` from being a Task: missing members and wrong types (empty if none)."""
+    missing = [a for a in REQUIRED_ATTRIBUTES if not hasattr(task, a)]
+    missing += [m for m in REQUIRED_METHODS if not callable(getattr(task, m, None))]
+    problems = [f"missing {', '.join(missing)}"] if missing else []
+    for attr in ("name", "template", "answer_prefix", "start_state"):
+        if hasattr(task, attr) and not isinstance(getattr(task, attr), str):
+            problems.append(f"{attr} is not a string")
+    if hasattr(task, "invalid_state") and not isinstance(task.invalid_state, (str, type(None))):
+        problems.append("invalid_state is neither a string nor None")
+    templates = getattr(task, "templates", {})
+    if not (isinstance(templates, Mapping) and all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in templates.items())):
+        problems.append("templates is not a mapping of name -> template text")
+    for m in OPTIONAL_METHODS:
+        if hasattr(task, m) and not callable(getattr(task, m)):
+            problems.append(f"{m} is not callable")
+    return problems
+
+
+def check_task(task, *, spec: str):
+    """`task` itself if it satisfies the protocol; else a one-line DbgpuError naming what is missing."""
+    problems = protocol_problems(task)
+    if problems:
+        raise DbgpuError(f"task {spec!r} does not satisfy the Task protocol: {'; '.join(problems)}")
+    return task
+
+
+def after_prefix(answer_prefix: str, text: str) -> str:
+    """An answer as it follows the prefix: after a prefix such as "Word:" that does not end
+    in whitespace, the answer's first token carries the space (" ATTITUDE")."""
+    return f" {text}" if answer_prefix and not answer_prefix[-1].isspace() else text
+
+
+def fill_template(template: str, state: str, **fields: str) -> str:
+    """Put `state` (and any other named fields, e.g. a score) into a user prompt template:
+    Jinja (`{{ state }}`) or plain `{state}` / `{name}`."""
     if "{{" in template or "{%" in template:
         import jinja2
 
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-        return env.from_string(template).render(state=state)
+        return env.from_string(template).render(state=state, **fields)
+    for name, value in fields.items():
+        template = template.replace("{" + name + "}", value)
     return template.replace("{state}", state)

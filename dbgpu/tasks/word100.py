@@ -9,14 +9,15 @@ answer with another sum is the single invalid state INVALID00.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dbgpu.errors import DbgpuError
-from dbgpu.tasks.base import fill_template
+from dbgpu.tasks.base import after_prefix, fill_template
 
 TARGET = 100
 INVALID = "INVALID00"
 EXAMPLES = ("KNOWLEDGE", "WORKHARD", "LUCK", "LOVE", "MONEY")
+RARE = set("JKQVXZ")          # the least frequent letters of English text
 
 
 def letter_sum(word: str) -> int:
@@ -66,13 +67,13 @@ class Word100:
     name: str = "word100"
     invalid_state: str | None = INVALID
     start_state: str = "BUZZY"
+    templates: dict = field(default_factory=lambda: dict(TEMPLATES))
 
     def messages(self, f: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": fill_template(self.template, f)}]
 
     def render(self, g: str) -> str:
-        # After a prefix such as "Word:" the answer's first token carries the space.
-        return f" {g}" if self.answer_prefix and not self.answer_prefix[-1].isspace() else g
+        return after_prefix(self.answer_prefix, g)
 
     def parse(self, text: str) -> str | None:
         s = text.strip().upper()
@@ -95,6 +96,17 @@ class Word100:
 
     def seed_states(self, n: int = 24) -> list[str]:
         return frequent_words(n)
+
+    def features(self, g: str) -> dict[str, float]:
+        """Length, English frequency (wordfreq zipf, 0 when unknown) and letter statistics."""
+        from wordfreq import zipf_frequency
+
+        values = [ord(c) - 64 for c in g]
+        return {"length": len(g), "zipf": zipf_frequency(g.lower(), "en"),
+                "vowels": sum(c in "AEIOUY" for c in g) / len(g),
+                "distinct_letters": len(set(g)) / len(g),
+                "rare_letters": sum(c in RARE for c in g),
+                "max_letter": max(values), "repeated_pairs": sum(a == b for a, b in zip(g, g[1:]))}
 
 
 def frequent_words(n: int, *, lang: str = "en", pool: int = 200_000) -> list[str]:
