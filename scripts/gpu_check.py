@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))                          # dbgpu itself, whatever PYTHONPATH holds
 FIT = ("torch", "numpy", "scipy")                      # what each kind of step imports
 MODEL = FIT + ("transformers", "tokenizers", "safetensors", "jinja2", "tqdm", "platformdirs", "wordfreq")
 

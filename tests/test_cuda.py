@@ -139,7 +139,9 @@ def test_real_out_of_memory_backs_off_and_loses_no_row(word_task):
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
     assert stats.extra.get("oom_backoffs", 0) >= 1 and stats.extra["rows_per_forward"] < 48
-    np.testing.assert_allclose(got, expected, atol=2e-2, rtol=0)          # bf16, different batch shapes
+    # bf16 with other batch shapes runs other GEMM kernels: on H200 the sums (about -120) moved by up to
+    # 0.1 (relative 7.5e-4), the size of the tree vs per-pair differences bench_score reports in bf16
+    np.testing.assert_allclose(got, expected, atol=2e-2, rtol=2e-3)
     assert stats.pairs == len(P) * len(C)
 
 
