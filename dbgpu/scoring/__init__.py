@@ -38,9 +38,10 @@ def score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, met
                  **kwargs) -> np.ndarray:
     """log T for every (prompt, continuation) pair: (N, M) float64, row = source.
 
-    method="plain": every pair its own padded row (the reference; kwargs batch_tokens,
-    max_batch, padding_side). method="tree": shared-prefix cache + continuation trie
-    (kwarg max_rows). Both take temperature, pad_id, progress, stats, max_logits.
+    method="plain": every pair its own padded row (the reference; kwargs max_batch,
+    padding_side). method="tree": shared-prefix cache + continuation trie (kwargs max_rows,
+    work_bytes). Both take temperature, pad_id, progress, stats, batch_tokens (token positions
+    per forward; default per method and device) and max_logits (float32 logits held at once).
     """
     if check_method(method) == "tree":
         return tree_score_matrix(model, prompts, conts, **kwargs)
@@ -50,17 +51,16 @@ def score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, met
 
 
 def exact_kernel(lm, task, states: list[str], *, temperature: float = 1.0, method: str = "tree",
-                 batch_tokens: int = 16384, max_logits: int | None = None, progress: bool = False,
+                 batch_tokens: int | None = None, max_logits: int | None = None, progress: bool = False,
                  stats: ScoreStats | None = None):
     """log T over all pairs of `states` for a loaded model: (logT (N, N), prompts.json dict, ScoreStats)."""
     from dbgpu.formatting import encode_states
 
     enc = encode_states(lm.tokenizer, task, states)
-    options = {"batch_tokens": batch_tokens} if method == "plain" else {}
     stats = stats if stats is not None else ScoreStats()
     logT = score_matrix(lm.model, enc.prompt_ids, enc.cont_ids, method=method, temperature=temperature,
                         pad_id=lm.tokenizer.pad_token_id, progress=progress, stats=stats,
-                        max_logits=max_logits, **options)
+                        max_logits=max_logits, batch_tokens=batch_tokens)
     stats.extra["trie_lower_bound"] = trie_lower_bound(enc.prompt_ids, enc.cont_ids)
     stats.extra["tokens_over_lower_bound"] = stats.tokens / stats.extra["trie_lower_bound"]
     return logT, enc.prompts_json, stats

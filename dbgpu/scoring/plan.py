@@ -72,14 +72,15 @@ class Budget:
 @dataclass(frozen=True)
 class TrieSizes:
     """Sizes of a scoring problem: N sources, M targets, shared prefix P, the longest
-    suffix S, the internal nodes I of the targets' trie, the distinct suffix lengths."""
+    suffix S, the internal nodes I of the targets' trie, and how many sources have each
+    suffix length (longest first; rows of one batch share a length)."""
 
     n_sources: int
     n_targets: int
     prefix: int
     suffix: int
     internal: int
-    suffix_lengths: int = 1
+    suffix_counts: tuple = ()
 
 
 #: budgets when the user names none: (token positions, working bytes, head logits)
@@ -121,9 +122,21 @@ def trie_sizes(prompts: list[list[int]], conts: list[list[int]]) -> TrieSizes:
     from dbgpu.scoring.trie import build_trie, common_prefix_length
 
     P = common_prefix_length(prompts)
-    lengths = {len(p) - P for p in prompts}
-    return TrieSizes(n_sources=len(prompts), n_targets=len(conts), prefix=P, suffix=max(lengths),
-                     internal=build_trie(conts).n_internal, suffix_lengths=len(lengths))
+    lengths = sorted((len(p) - P for p in prompts), reverse=True)
+    counts = tuple(lengths.count(s) for s in sorted(set(lengths), reverse=True))
+    return TrieSizes(n_sources=len(prompts), n_targets=len(conts), prefix=P, suffix=lengths[0],
+                     internal=build_trie(conts).n_internal, suffix_counts=counts)
+
+
+def forward_count(suffix_counts: tuple, *, rows: int, block_rows: int) -> int:
+    """Forward passes over the sources (per target chunk): blocks of block_rows sources in
+    suffix-length order, each cut into batches of at most `rows` sources of one length."""
+    lengths = [k for k, n in enumerate(suffix_counts) for _ in range(n)]       # length rank of each source
+    total = 0
+    for a in range(0, len(lengths), block_rows):
+        block = lengths[a:a + block_rows]
+        total += sum(-(-block.count(k) // rows) for k in sorted(set(block)))
+    return total
 
 
 def _round16(k: int) -> int:
@@ -201,26 +214,47 @@ class Plan:
         return asdict(self)
 
 
-def plan_batches(shape: ModelShape, sizes: TrieSizes, budget: Budget, *, block_rows: int | None = None) -> Plan:
+def plan_batches(shape: ModelShape, sizes: TrieSizes, budget: Budget, *, block_rows: int | None = None,
+                 chunk_internal: list[int] | None = None) -> Plan:
     """The plan: target chunks, rows per forward, token positions per forward and predicted
     peak memory, from the model's shape, the trie's sizes and the budget. block_rows: the
-    most sources scored in one call (a score job's rows per block)."""
+    most sources scored in one call (a score job's rows per block). chunk_internal: the
+    internal nodes of each target chunk when known (`plan_scoring`), else even chunks of at
+    most `max_internal` nodes are assumed. Figures are those of the largest chunk; forwards
+    counts every chunk's."""
     cap = max_internal(shape, budget, suffix=sizes.suffix, prefix=sizes.prefix)
-    chunks = -(-sizes.internal // cap) if sizes.internal > cap else 1
-    internal = min(sizes.internal, cap) if chunks == 1 else -(-sizes.internal // chunks)
-    internal = min(internal, cap)
+    if chunk_internal is None:
+        n = -(-sizes.internal // cap)
+        chunk_internal = [min(cap, -(-sizes.internal // n))] * n
+    n_rows = min(sizes.n_sources, block_rows or sizes.n_sources)
+    counts = sizes.suffix_counts or (sizes.n_sources,)
+    rows_of = [rows_per_forward(shape, budget, queries=sizes.suffix + i, keys=sizes.prefix + sizes.suffix + i,
+                                prefix=sizes.prefix, n_rows=n_rows) for i in chunk_internal]
+    internal = max(chunk_internal)
+    rows = rows_of[chunk_internal.index(internal)]
     Q = sizes.suffix + internal
     K = sizes.prefix + Q
-    n_rows = min(sizes.n_sources, block_rows or sizes.n_sources)
-    rows = rows_per_forward(shape, budget, queries=Q, keys=K, prefix=sizes.prefix, n_rows=n_rows)
     limits = {"sources": n_rows, "rows": budget.max_rows, "tokens": max(1, budget.tokens // Q)}
     limited_by = next((k for k, v in limits.items() if v == rows), "memory")
-    blocks = -(-sizes.n_sources // n_rows)
-    per_block = -(-n_rows // rows) + sizes.suffix_lengths - 1        # rows of one batch share a suffix length
     m = memory(shape, rows=rows, queries=Q, keys=K, prefix=sizes.prefix, head_logits=budget.head_logits)
     return Plan(rows_per_forward=rows, tokens_per_forward=rows * Q, queries=Q, keys=K, internal_per_chunk=internal,
-                target_chunks=chunks, max_internal=cap, forwards=blocks * chunks * min(per_block, n_rows),
+                target_chunks=len(chunk_internal), max_internal=cap,
+                forwards=sum(forward_count(counts, rows=r, block_rows=n_rows) for r in rows_of),
                 limited_by=limited_by, memory=m, budget=asdict(budget), shape=asdict(shape), sizes=asdict(sizes))
+
+
+def plan_scoring(shape: ModelShape, prompts: list[list[int]], conts: list[list[int]], budget: Budget, *,
+                 block_rows: int | None = None) -> Plan:
+    """`plan_batches` of token-id prompts and continuations, with the target chunks the tree
+    scorer will cut (`trie.target_chunks`): the plan it follows. O(total tokens)."""
+    from dbgpu.scoring.trie import build_trie, target_chunks
+
+    sizes = trie_sizes(prompts, conts)
+    cap = max_internal(shape, budget, suffix=sizes.suffix, prefix=sizes.prefix)
+    chunks = target_chunks(conts, max_internal=cap)
+    internal = [sizes.internal] if len(chunks) == 1 else \
+        [build_trie([conts[j] for j in c]).n_internal for c in chunks]
+    return plan_batches(shape, sizes, budget, block_rows=block_rows, chunk_internal=internal)
 
 
 def plan_table(plan: Plan | dict, *, title: str = "") -> str:
@@ -244,3 +278,17 @@ def plan_table(plan: Plan | dict, *, title: str = "") -> str:
     ]
     lines = ([f"{title}", ""] if title else []) + ["| plan | value |", "|---|---|"]
     return "\n".join(lines + [f"| {k} | {v} |" for k, v in rows])
+
+
+def plan_plain(shape: ModelShape, *, n_pairs: int, longest: int, budget: Budget) -> Plan:
+    """The plain scorer's plan: every pair its own row of at most `longest` tokens (no shared
+    prefix, causal mask built by the model), as many rows as budget.tokens holds."""
+    rows = max(1, min(budget.max_rows, n_pairs, budget.tokens // longest))
+    m = memory(shape, rows=rows, queries=longest, keys=longest, prefix=0, head_logits=budget.head_logits)
+    m["masks"] = 0
+    m["peak"] = m["weights"] + max(m["batch_kv"] + m["activations"], m["head"])
+    sizes = {"n_pairs": n_pairs, "longest": longest}
+    return Plan(rows_per_forward=rows, tokens_per_forward=rows * longest, queries=longest, keys=longest,
+                internal_per_chunk=0, target_chunks=1, max_internal=0, forwards=-(-n_pairs // rows),
+                limited_by="tokens" if rows == budget.tokens // longest else "rows", memory=m,
+                budget=asdict(budget), shape=asdict(shape), sizes=sizes)

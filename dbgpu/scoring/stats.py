@@ -113,7 +113,7 @@ def merge_stats(parts: list[dict]) -> dict:
                 total[k] = v if total.get(k) is None else max(total[k], v or 0)
             elif k in ("rows_per_forward", "shared_prefix"):
                 total[k] = v if k not in total else min(total[k], v)
-            elif k not in ("pairs_per_second", "tokens_per_second"):
+            elif k not in ("pairs_per_second", "tokens_per_second", "plan"):   # a call's plan: not the job's
                 total.setdefault(k, v)
     for k in summed[:-1]:
         total.setdefault(k, 0)

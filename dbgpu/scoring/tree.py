@@ -42,7 +42,7 @@ from dbgpu.console import progress as progress_bar
 from dbgpu.errors import DbgpuError, check_temperature
 from dbgpu.models import text_config
 from dbgpu.scoring.head import hidden_states, output_head, token_logprobs
-from dbgpu.scoring.plan import default_budget, model_shape, plan_batches, rows_per_forward, trie_sizes
+from dbgpu.scoring.plan import default_budget, model_shape, plan_scoring, rows_per_forward
 from dbgpu.scoring.prefix import run_prefix
 from dbgpu.scoring.stats import ScoreStats
 from dbgpu.scoring.trie import Trie, build_trie, common_prefix_length, target_chunks
@@ -298,7 +298,7 @@ def batch_plan(model, prompts: list[list[int]], conts: list[list[int]], *, batch
                         n_params=sum(p.numel() for p in model.parameters()))
     budget = default_budget(param.device.type, tokens=batch_tokens, head_logits=max_logits, work_bytes=work_bytes,
                             max_rows=max_rows)
-    return shape, budget, plan_batches(shape, trie_sizes(prompts, conts), budget, block_rows=block_rows)
+    return shape, budget, plan_scoring(shape, prompts, conts, budget, block_rows=block_rows)
 
 
 @torch.inference_mode()
@@ -342,6 +342,7 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     chunks = target_chunks(conts, max_internal=plan.max_internal)
     bar = progress_bar(total=N * len(conts), enabled=progress, desc="scoring pairs", unit="pair")
     cap = budget.max_rows                             # lowered for good by an out-of-memory back-off
+    fewest = cap
     dtype = next(model.parameters()).dtype
     for chunk in chunks:                              # 2.-3. every source against each trie
         with stats.stage("masks", device):
@@ -355,10 +356,11 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
                                    bar=bar, stats=stats, head=head, prefix_kv=prefix_kv, temperature=temperature,
                                    max_elements=budget.head_logits)
             cap, rows = (reached, reached) if reached < rows else (cap, rows)
+            fewest = min(fewest, rows)
             del mask
     bar.close()
     stats.pairs += N * len(conts)
     stats.seconds += time.perf_counter() - t0
-    stats.extra.update(rows_per_forward=rows, target_chunks=len(chunks), shared_prefix=P, plan=plan.as_dict())
+    stats.extra.update(rows_per_forward=fewest, target_chunks=len(chunks), shared_prefix=P, plan=plan.as_dict())
     stats.record_peak_memory(device)
     return logT
