@@ -28,7 +28,7 @@ def test_memory_golden():
     kv_per_position = 2 * 2 * 2 * 16 * 2                                  # layers x (k, v) x kv heads x dim x d
     assert m["weights"] == 200_000
     assert m["prefix_kv"] == 20 * kv_per_position
-    assert m["masks"] == 1 * 10 * 32 * 2 + 10 * 30
+    assert m["masks"] == 1 * (1 + 3) * 10 * 32 * 2 + 10 * 30            # shared + one per padded row
     assert m["batch_kv"] == 3 * 30 * kv_per_position
     assert m["activations"] == 3 * 10 * (6 * 64 + 4 * 128 + 3 * (4 + 4) * 16) * 2 + 2 * 3 * 4 * 30 * 16 * 2
     assert m["head"] == 3 * 9 * 64 * 2 + 8 * 1000 + 2 ** 26
@@ -68,18 +68,15 @@ def test_a_row_larger_than_the_budget_cuts_the_targets():
     shape = _shape()
     budget = Budget(tokens=1000, work_bytes=2 ** 40, head_logits=2 ** 20)
     assert max_internal(shape, budget, suffix=40, prefix=100) == 960
-    plan = plan_batches(shape, TrieSizes(n_sources=50, n_targets=50, prefix=100, suffix=40, internal=2500,
-                                         suffix_counts=(50,)), budget)
+    plan = plan_batches(shape, TrieSizes(n_sources=50, n_targets=50, prefix=100, suffix=40, internal=2500), budget)
     assert plan.target_chunks == 3 and plan.internal_per_chunk == 834 and plan.queries == 874
     assert plan.rows_per_forward == 1 and plan.forwards == 3 * 50
 
 
 def test_forward_count_golden():
-    # sources by suffix length: 3 of the longest, 2, 1; batches never mix lengths
-    assert forward_count((3, 2, 1), rows=2, block_rows=128) == 2 + 1 + 1
-    # blocks of 4 sources: [L0 L0 L0 L1] -> 2 + 1, [L1 L2] -> 1 + 1
-    assert forward_count((3, 2, 1), rows=2, block_rows=4) == 5
-    assert forward_count((6,), rows=10, block_rows=128) == 1
+    assert forward_count(6, rows=2, block_rows=128) == 3
+    assert forward_count(10, rows=3, block_rows=4) == 2 + 2 + 1        # blocks of 4, 4, 2 sources
+    assert forward_count(6, rows=10, block_rows=128) == 1
 
 
 def test_qwen2_0_5b_shape_on_cuda_defaults_runs_at_least_16384_positions_per_forward(word_task):
@@ -97,7 +94,7 @@ def test_qwen2_0_5b_shape_on_cuda_defaults_runs_at_least_16384_positions_per_for
     assert plan.tokens_per_forward >= 16384
     assert plan.memory["peak"] < 8 * 2 ** 30
     # the same with the sizes a BPE tokenizer gives (~150 kept positions per row, as in the issue)
-    small = TrieSizes(n_sources=500, n_targets=500, prefix=60, suffix=20, internal=150, suffix_counts=(500,))
+    small = TrieSizes(n_sources=500, n_targets=500, prefix=60, suffix=20, internal=150)
     assert plan_batches(model_shape(config, dtype="bfloat16"), small, default_budget("cuda")).tokens_per_forward >= 16384
 
 

@@ -118,8 +118,7 @@ def test_tree_temperature(tiny_lms, word_task):
 
 def test_out_of_memory_backoff_keeps_every_row(tiny_lms, word_task, monkeypatch):
     lm = tiny_lms("llama")
-    # rows of a batch share a suffix length: three 8-letter words come first, two 6-letter ones next
-    P, C = _ids(lm, word_task, ["PERSONAL", "TURKEY", "PROBLEMS", "BUZZY", "ATTITUDE", "PURSUE"])
+    P, C = _ids(lm, word_task)
     expected = score_matrix(lm.model, P, C, method="plain")
     model = lm.model
     decoder = model.model                     # the scorers run the decoder; the head is dbgpu's
@@ -139,7 +138,7 @@ def test_out_of_memory_backoff_keeps_every_row(tiny_lms, word_task, monkeypatch)
     got = tree_score_matrix(model, P, C, max_rows=64, stats=stats)
     np.testing.assert_allclose(got, expected, atol=2e-5, rtol=0)
     assert stats.extra["oom_backoffs"] >= 1 and stats.extra["rows_per_forward"] <= 2
-    assert seen[1] == 3 and seen[-1] <= 2           # prefix pass, first full batch, then smaller
+    assert seen[1] == len(P) and seen[-1] <= 2      # prefix pass, first full batch, then smaller
     assert stats.pairs == len(P) * len(C)
 
 

@@ -10,14 +10,15 @@ scorer sizes its batches with the same functions, and meta.json records the plan
 
 A forward pass of the tree scorer runs B rows of Q = S + I query positions (a source's
 suffix of S tokens after the shared prefix, then the I internal nodes of the continuation
-trie) against K = P + Q keys (P shared-prefix positions). Rows of one batch have the same
-suffix length, so one additive mask (Q, K) per layer kind serves every row (it is built
-once per trie and suffix length, never per row). Memory of one forward, bytes (d = bytes
-of the model dtype):
+trie) against K = P + Q keys (P shared-prefix positions). Rows of one batch have one
+width, so one additive mask (Q, K) per layer kind serves every row (built once per trie and
+width; a batch with left-padded rows copies it once per row to mask the padding). Memory
+of one forward, bytes (d = bytes of the model dtype):
 
     weights      n_params x d                                       (resident)
     prefix KV    layers x 2 x P x kv_heads x head_dim x d           (resident, one copy)
-    masks        kinds x Q x K16 x d + Q x K                        (K16: K rounded up to 16)
+    masks        kinds x (1 + B) x Q x K16 x d + Q x K              (K16: K rounded up to 16;
+                                                                    shared + one per padded row)
     batch KV     layers x 2 x B x kv_heads x K x head_dim x d       (the cache the forward fills)
     activations  B x Q x (6 H + 4 F + 3 (heads + 2 kv) head_dim) x d    (one layer at a time)
                  + 2 B x heads x K x head_dim x d                   (keys/values repeated for GQA)
@@ -72,15 +73,13 @@ class Budget:
 @dataclass(frozen=True)
 class TrieSizes:
     """Sizes of a scoring problem: N sources, M targets, shared prefix P, the longest
-    suffix S, the internal nodes I of the targets' trie, and how many sources have each
-    suffix length (longest first; rows of one batch share a length)."""
+    suffix S, the internal nodes I of the targets' trie."""
 
     n_sources: int
     n_targets: int
     prefix: int
     suffix: int
     internal: int
-    suffix_counts: tuple = ()
 
 
 #: budgets when the user names none: (token positions, working bytes, head logits)
@@ -122,21 +121,15 @@ def trie_sizes(prompts: list[list[int]], conts: list[list[int]]) -> TrieSizes:
     from dbgpu.scoring.trie import build_trie, common_prefix_length
 
     P = common_prefix_length(prompts)
-    lengths = sorted((len(p) - P for p in prompts), reverse=True)
-    counts = tuple(lengths.count(s) for s in sorted(set(lengths), reverse=True))
-    return TrieSizes(n_sources=len(prompts), n_targets=len(conts), prefix=P, suffix=lengths[0],
-                     internal=build_trie(conts).n_internal, suffix_counts=counts)
+    return TrieSizes(n_sources=len(prompts), n_targets=len(conts), prefix=P,
+                     suffix=max(len(p) for p in prompts) - P, internal=build_trie(conts).n_internal)
 
 
-def forward_count(suffix_counts: tuple, *, rows: int, block_rows: int) -> int:
-    """Forward passes over the sources (per target chunk): blocks of block_rows sources in
-    suffix-length order, each cut into batches of at most `rows` sources of one length."""
-    lengths = [k for k, n in enumerate(suffix_counts) for _ in range(n)]       # length rank of each source
-    total = 0
-    for a in range(0, len(lengths), block_rows):
-        block = lengths[a:a + block_rows]
-        total += sum(-(-block.count(k) // rows) for k in sorted(set(block)))
-    return total
+def forward_count(n_sources: int, *, rows: int, block_rows: int) -> int:
+    """Forward passes over the sources (per target chunk): blocks of block_rows sources,
+    each cut into batches of at most `rows`."""
+    full, rest = divmod(n_sources, block_rows)
+    return full * -(-block_rows // rows) + -(-rest // rows)
 
 
 def _round16(k: int) -> int:
@@ -154,7 +147,7 @@ def memory(shape: ModelShape, *, rows: int, queries: int, keys: int, prefix: int
     if shape.eager:
         act += B * shape.heads * Q * K * (4 + 2 * d)
     out = {"weights": shape.n_params * d, "prefix_kv": prefix * kv_row,
-           "masks": shape.mask_kinds * Q * _round16(K) * d + Q * K,
+           "masks": shape.mask_kinds * (1 + B) * Q * _round16(K) * d + Q * K,
            "batch_kv": B * K * kv_row, "activations": act,
            "head": B * (Q - 1) * shape.hidden * d + 8 * head_logits + _HEAD_TILE}
     out["peak"] = (out["weights"] + out["prefix_kv"] + out["masks"]
@@ -227,7 +220,6 @@ def plan_batches(shape: ModelShape, sizes: TrieSizes, budget: Budget, *, block_r
         n = -(-sizes.internal // cap)
         chunk_internal = [min(cap, -(-sizes.internal // n))] * n
     n_rows = min(sizes.n_sources, block_rows or sizes.n_sources)
-    counts = sizes.suffix_counts or (sizes.n_sources,)
     rows_of = [rows_per_forward(shape, budget, queries=sizes.suffix + i, keys=sizes.prefix + sizes.suffix + i,
                                 prefix=sizes.prefix, n_rows=n_rows) for i in chunk_internal]
     internal = max(chunk_internal)
@@ -239,7 +231,7 @@ def plan_batches(shape: ModelShape, sizes: TrieSizes, budget: Budget, *, block_r
     m = memory(shape, rows=rows, queries=Q, keys=K, prefix=sizes.prefix, head_logits=budget.head_logits)
     return Plan(rows_per_forward=rows, tokens_per_forward=rows * Q, queries=Q, keys=K, internal_per_chunk=internal,
                 target_chunks=len(chunk_internal), max_internal=cap,
-                forwards=sum(forward_count(counts, rows=r, block_rows=n_rows) for r in rows_of),
+                forwards=sum(forward_count(sizes.n_sources, rows=r, block_rows=n_rows) for r in rows_of),
                 limited_by=limited_by, memory=m, budget=asdict(budget), shape=asdict(shape), sizes=asdict(sizes))
 
 

@@ -5,18 +5,19 @@ scored against the same set of continuations. So:
 
 1. the longest common prefix of all prompts is run through the model once and its
    keys/values are kept (a plain full-length DynamicCache, `prefix.run_prefix`);
-2. each row of a batch is [suffix of prompt f][trie of continuations]: the trie
+2. each row of a batch is [pad][suffix of prompt f][trie of continuations]: the trie
    (`trie.build_trie`) holds every distinct continuation prefix once (its internal
    nodes; leaves are only predicted, never fed), laid out flat with an additive float
    tree-attention mask (a node sees the prefix, its row's suffix, and its own ancestors)
-   and position ids = prompt length + depth. The rows of one batch have the same suffix
-   length, so they need no padding and share one mask (Q, K) per layer kind;
+   and position ids = prompt length + depth. Rows are taken longest suffix first, so a
+   batch pads little; the mask of the batch's width is built once and shared by its rows
+   (a view, when no row is padded; else one copy with each row's padding masked);
 3. the logits at the suffix's last token and at each internal node give the log-prob of
    every trie edge; summing edges down the tree by parent pointers, one tree level at a
    time (float64), gives log T(f, g) for all targets at once.
 
 The trie's layout (tokens, depths, ancestor table, head indices, levels) is built once
-per target chunk and kept on the device; the mask once per chunk and suffix length.
+per target chunk and kept on the device; the shared mask once per chunk and batch width.
 Sliding-window layers get their own mask (a per-layer-type dict, as Gemma3 and Qwen2
 take it); the attention implementation must accept an arbitrary additive mask (sdpa or
 eager). Rows per forward come from the batch plan (`plan.plan_batches`: a token budget
@@ -26,8 +27,9 @@ halved on out-of-memory. Results equal the plain scorer
 
 Cost: token positions = the trie lower bound (distinct prompt tokens + N x internal trie
 nodes); attention per row O(Q x K) with Q = suffix + internal nodes, K = prefix + Q;
-memory per forward as `plan.memory` predicts: one shared (Q, K) mask per layer kind, the
-batch's KV cache, one layer's activations, one chunk of float32 logits.
+memory per forward as `plan.memory` predicts: the (Q, K) masks (shared, plus one per row
+when rows are padded), the batch's KV cache, one layer's activations, one chunk of float32
+logits.
 """
 
 from __future__ import annotations
@@ -63,25 +65,28 @@ def _layer_windows(config) -> dict[str, int | None]:
     return {k: (window if k == "sliding_attention" else None) for k in kinds}
 
 
-def tree_masks(allowed: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor, *, config, dtype) -> object:
-    """Additive float masks (1, 1, Q, K) from a structural bool mask, one per layer kind.
+def tree_masks(allowed: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor, *, config, dtype) -> dict:
+    """Additive float masks (1, 1, Q, K), one per layer kind: {kind: (mask, window or None)}.
 
     allowed (Q, K): what each query may see ignoring windows (every query sees at least
-    itself); qpos (Q,), kpos (K,): logical positions. Each mask is a view of a (1, 1, Q, K16)
-    tensor, K16 = K rounded up to 16, so that its rows are aligned as fused attention
-    kernels need (an unaligned mask is padded by a copy in every layer). Returns a tensor,
-    or a {layer kind: tensor} dict when the model mixes full and sliding layers.
+    itself or the prefix); qpos (Q,), kpos (K,): logical positions. Each mask is a view of a
+    (1, 1, Q, K16) tensor, K16 = K rounded up to 16, so that its rows are aligned as fused
+    attention kernels need (an unaligned mask is padded by a copy in every layer).
     """
     neg = torch.finfo(dtype).min
-    Q, K = allowed.shape
     out = {}
     for kind, window in _layer_windows(config).items():
         ok = allowed
         if window is not None:
             ok = ok & ((qpos[:, None] - kpos[None, :]) < window)
-        m = torch.zeros((1, 1, Q, -(-K // 16) * 16), dtype=dtype, device=allowed.device)
-        out[kind] = m[..., :K].masked_fill_(~ok, neg)
-    return next(iter(out.values())) if len(out) == 1 else out
+        out[kind] = (_aligned((1, 1) + tuple(allowed.shape), dtype, allowed.device).masked_fill_(~ok, neg), window)
+    return out
+
+
+def _aligned(shape: tuple, dtype, device) -> torch.Tensor:
+    """Zeros of `shape` whose last dimension is a view of one rounded up to 16 elements."""
+    *lead, K = shape
+    return torch.zeros((*lead, -(-K // 16) * 16), dtype=dtype, device=device)[..., :K]
 
 
 # Text-model types whose forward this scorer was checked against (transformers 5.24): each
@@ -177,11 +182,11 @@ def trie_layout(trie: Trie, device) -> TrieLayout:
                       pred=at(trie.parent + 1), tok=at(trie.token), levels=levels, ends=at(trie.ends))
 
 
-def suffix_masks(layout: TrieLayout, *, S: int, P: int, config, dtype):
-    """(masks, qpos (Q,)) for rows of suffix length S after a shared prefix of P tokens,
-    Q = S + I queries, K = P + Q keys: the suffix is causal and sees the prefix; trie nodes
-    see the prefix, the whole suffix and their own ancestors. O(Q x K) work and memory,
-    once per trie and suffix length."""
+def suffix_masks(layout: TrieLayout, *, S: int, P: int, config, dtype) -> tuple[dict, torch.Tensor]:
+    """(masks {kind: ((1, 1, Q, K), window)}, qpos (Q,)) for rows of suffix width S after a
+    shared prefix of P tokens, Q = S + I queries, K = P + Q keys: the suffix is causal and
+    sees the prefix; trie nodes see the prefix, the whole suffix and their own ancestors.
+    O(Q x K) work and memory, once per trie and batch width."""
     device, I = layout.tokens.device, layout.n_internal
     Q = S + I
     allowed = torch.zeros((Q, P + Q), dtype=torch.bool, device=device)       # (Q, K)
@@ -192,6 +197,33 @@ def suffix_masks(layout: TrieLayout, *, S: int, P: int, config, dtype):
     qpos = torch.cat([P + torch.arange(S, device=device), P + S + layout.depth])             # (Q,)
     kpos = torch.cat([torch.arange(P, device=device), qpos])                                 # (K,)
     return tree_masks(allowed, qpos, kpos, config=config, dtype=dtype), qpos
+
+
+def batch_masks(base: dict, qpos: torch.Tensor, pad: torch.Tensor, *, P: int) -> tuple[object, torch.Tensor]:
+    """(attention masks, position ids (B, Q)) of B rows of width S whose suffixes are left-
+    padded by pad (B,) tokens. All pads zero: the shared masks as (B, 1, Q, K) views (no
+    copy). Otherwise each row's mask is the shared one with its pad keys masked, and, for
+    sliding-window layers, its prefix columns recomputed (the row's tokens sit pad[b]
+    positions nearer the prefix): O(B x Q x K) once per forward, not per layer."""
+    B, Q = len(pad), len(qpos)
+    rows = (qpos[None, :] - pad[:, None]).clamp(min=0)                      # (B, Q) logical positions
+    out = {}
+    for kind, (mask, window) in base.items():
+        K = mask.shape[-1]
+        if not bool(pad.any()):
+            out[kind] = mask.expand(B, -1, -1, -1)
+            continue
+        neg = torch.finfo(mask.dtype).min
+        m = _aligned((B, 1, Q, K), mask.dtype, mask.device).copy_(mask.expand(B, -1, -1, -1))   # (B, 1, Q, K)
+        col = torch.arange(K, device=pad.device)                           # (K,)
+        is_pad = (col[None, :] >= P) & (col[None, :] < P + pad[:, None])    # (B, K) padding keys
+        m.masked_fill_(is_pad[:, None, None, :], neg)
+        if window is not None and P > 0:
+            near = (rows[:, :, None] - torch.arange(P, device=pad.device)[None, None, :]) < window   # (B, Q, P)
+            m[..., :P] = torch.where(near[:, None], 0.0, neg).to(m.dtype)
+        out[kind] = m
+    masks = next(iter(out.values())) if len(out) == 1 else out
+    return masks, rows
 
 
 def path_sums(node_lp: torch.Tensor, layout: TrieLayout) -> torch.Tensor:
@@ -212,17 +244,10 @@ def _is_oom(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def _mask_rows(mask, B: int):
-    """A shared (1, 1, Q, K) mask (or dict of them) as a (B, 1, Q, K) view: no copy."""
-    if isinstance(mask, dict):
-        return {k: m.expand(B, -1, -1, -1) for k, m in mask.items()}
-    return mask.expand(B, -1, -1, -1)
-
-
-def _score_rows(model, suffix: torch.Tensor, layout: TrieLayout, mask, qpos: torch.Tensor, *, head, prefix_kv,
-                temperature, stats, max_elements) -> np.ndarray:
-    """log T for a batch of sources of one suffix length against one trie: (B, C) float64.
-    suffix (B, S) token ids on the device; mask and qpos from `suffix_masks`."""
+def _score_rows(model, suffix: torch.Tensor, pad: torch.Tensor, layout: TrieLayout, base: dict, qpos: torch.Tensor,
+                *, P: int, head, prefix_kv, temperature, stats, max_elements) -> np.ndarray:
+    """log T for a batch of sources against one trie: (B, C) float64. suffix (B, S) token
+    ids left-padded by pad (B,) tokens; base masks and qpos from `suffix_masks` (width S)."""
     from transformers import DynamicCache
 
     device = head.weight.device
@@ -230,61 +255,73 @@ def _score_rows(model, suffix: torch.Tensor, layout: TrieLayout, mask, qpos: tor
     I = layout.n_internal
     with stats.stage("masks", device):
         ids = torch.cat([suffix, layout.tokens[None].expand(B, I)], dim=1)       # (B, Q)
+        mask, pos = batch_masks(base, qpos, pad, P=P)
         cache = None
         if prefix_kv:
             cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
                                                  for k, v in prefix_kv])
     with stats.stage("forward", device):
-        h, _ = hidden_states(model, input_ids=ids, attention_mask=_mask_rows(mask, B),
-                             position_ids=qpos[None].expand(B, -1), use_cache=cache is not None,
-                             cache=cache)                         # (B, Q, H)
+        h, _ = hidden_states(model, input_ids=ids, attention_mask=mask, position_ids=pos,
+                             use_cache=cache is not None, cache=cache)         # (B, Q, H)
         h = h[:, S - 1:]                                          # (B, keep, H): last suffix token + nodes
     keep = I + 1
     with stats.stage("head", device):
         M = len(layout.tok)
-        pos = (torch.arange(B, device=device)[:, None] * keep + layout.pred[None, :]).reshape(-1)   # (B*M,)
-        node_lp = token_logprobs(head, h.reshape(B * keep, -1), pos, layout.tok.repeat(B),
+        idx = (torch.arange(B, device=device)[:, None] * keep + layout.pred[None, :]).reshape(-1)   # (B*M,)
+        node_lp = token_logprobs(head, h.reshape(B * keep, -1), idx, layout.tok.repeat(B),
                                  temperature=temperature, max_elements=max_elements).view(B, M)   # (B, M)
     with stats.stage("reduction", device):
         logT = path_sums(node_lp, layout)                         # (B, C)
     with stats.stage("transfer", device):
         out = logT.cpu().numpy()
-    stats.count(tokens=B * ids.shape[1], padded=B * ids.shape[1], logits=B * keep)
-    stats.extra["tokens_per_forward"] = max(stats.extra.get("tokens_per_forward", 0), B * ids.shape[1])
+    Q = ids.shape[1]
+    stats.count(tokens=B * Q - int(pad.sum()), padded=B * Q, logits=B * keep)
+    stats.extra["tokens_per_forward"] = max(stats.extra.get("tokens_per_forward", 0), B * Q)
     return out
 
 
-def _score_group(model, logT: np.ndarray, group: np.ndarray, suffix: torch.Tensor, chunk: np.ndarray, layout,
-                 mask, qpos, *, rows_per_forward: int, bar, stats, **kw) -> int:
-    """Fill logT[group, chunk] (sources of one suffix length, suffix (G, S)) batch by batch;
-    halve the rows on out-of-memory and retry the batch, never losing finished rows.
-    Returns the rows per forward reached."""
+def _score_chunk(model, logT: np.ndarray, order: np.ndarray, suffix: torch.Tensor, lengths: np.ndarray,
+                 chunk: np.ndarray, layout: TrieLayout, *, rows_per_forward: int, P: int, bar, stats, **kw) -> int:
+    """Fill logT[:, chunk] batch by batch: rows in `order` (longest suffix first), each batch
+    left-padded to its first row's suffix length (a slice of suffix (N, S_max), padded once);
+    the shared masks are built once per batch width. Halve the rows on out-of-memory and
+    retry the batch, never losing finished rows. Returns the rows per forward reached."""
     from dbgpu.devices import empty_cache
 
-    start = 0
-    while start < len(group):
-        stop = start + rows_per_forward
+    S_max, device = suffix.shape[1], suffix.device
+    base, width, start = None, None, 0
+    while start < len(order):
+        rows = order[start:start + rows_per_forward]
+        S = int(lengths[rows[0]])
+        if S != width:                                # widths only fall: each is built once per chunk
+            with stats.stage("masks", device):
+                base, qpos = suffix_masks(layout, S=S, P=P, config=text_config(model),
+                                          dtype=next(model.parameters()).dtype)
+            width = S
+        idx = torch.as_tensor(rows, device=device)
+        pad = S - torch.as_tensor(lengths[rows], device=device)                  # (B,)
         try:
-            logT[np.ix_(group[start:stop], chunk)] = _score_rows(model, suffix[start:stop], layout, mask, qpos,
-                                                                 stats=stats, **kw)
+            logT[np.ix_(rows, chunk)] = _score_rows(model, suffix[idx, S_max - S:], pad, layout, base, qpos,
+                                                    P=P, stats=stats, **kw)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
-            if not _is_oom(e) or rows_per_forward == 1 or len(group) - start == 1:
+            if not _is_oom(e) or len(rows) == 1:
                 raise
-            rows_per_forward = max(1, min(rows_per_forward, len(group) - start) // 2)   # back off, retry
+            rows_per_forward = max(1, len(rows) // 2)             # back off and retry this batch
             stats.extra["oom_backoffs"] = stats.extra.get("oom_backoffs", 0) + 1
             empty_cache(kw["head"].weight.device)
             continue
-        bar.update(len(group[start:stop]) * len(chunk))
-        start = stop
+        start += len(rows)
+        bar.update(len(rows) * len(chunk))
     return rows_per_forward
 
 
-def _suffix_groups(suffixes: list[list[int]]) -> list[np.ndarray]:
-    """Source indices grouped by suffix length, longest first (stable within a group)."""
-    lengths = np.array([len(s) for s in suffixes])
-    order = np.argsort(-lengths, kind="stable")
-    cuts = np.flatnonzero(np.diff(lengths[order])) + 1
-    return np.split(order, cuts)
+def _left_padded(suffixes: list[list[int]], *, pad_id: int, device) -> torch.Tensor:
+    """(N, S_max) token ids, each suffix aligned right (left padding): built once per call."""
+    S = max(len(x) for x in suffixes)
+    out = torch.full((len(suffixes), S), pad_id, dtype=torch.long)
+    for i, x in enumerate(suffixes):                  # N rows, not a token loop
+        out[i, S - len(x):] = torch.tensor(x, dtype=torch.long)
+    return out.to(device)
 
 
 def batch_plan(model, prompts: list[list[int]], conts: list[list[int]], *, batch_tokens: int | None = None,
@@ -310,9 +347,9 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     Batches follow the plan (`batch_plan`): batch_tokens token positions per forward,
     work_bytes of working memory (defaults per device type, `plan.DEVICE_DEFAULTS`), at
     most max_rows rows; max_logits float32 logits held at once by the chunked head. Rows
-    per forward halve on out-of-memory and never lose finished rows. Rows are never padded
-    (pad_id is accepted for the plain scorer's signature). Architectures it cannot serve
-    exactly are refused (`check_tree_supported`).
+    per forward halve on out-of-memory and never lose finished rows. pad_id fills the left
+    padding of a batch's shorter suffixes (masked; any id will do). Architectures it cannot
+    serve exactly are refused (`check_tree_supported`).
     """
     check_temperature(temperature)
     if not prompts or not conts or min(map(len, prompts)) == 0 or min(map(len, conts)) == 0:
@@ -334,30 +371,26 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
             prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
         stats.count(tokens=P, padded=P, logits=0)
     suffixes = [p[P:] for p in prompts]
-    groups = [(g, torch.tensor([suffixes[i] for i in g], dtype=torch.long, device=device))   # (G, S) each
-              for g in _suffix_groups(suffixes)]
+    lengths = np.array([len(x) for x in suffixes])
+    order = np.argsort(-lengths, kind="stable")       # longest suffixes first: little padding
+    suffix = _left_padded(suffixes, pad_id=pad_id, device=device)                # (N, S_max)
 
-    N, S = len(prompts), plan.sizes["suffix"]
+    N, S = len(prompts), int(lengths.max())
     logT = np.empty((N, len(conts)), dtype=np.float64)
     chunks = target_chunks(conts, max_internal=plan.max_internal)
     bar = progress_bar(total=N * len(conts), enabled=progress, desc="scoring pairs", unit="pair")
     cap = budget.max_rows                             # lowered for good by an out-of-memory back-off
     fewest = cap
-    dtype = next(model.parameters()).dtype
     for chunk in chunks:                              # 2.-3. every source against each trie
         with stats.stage("masks", device):
             layout = trie_layout(build_trie([conts[j] for j in chunk]), device)
         Q = S + layout.n_internal
         rows = min(cap, rows_per_forward(shape, budget, queries=Q, keys=P + Q, prefix=P, n_rows=N))
-        for group, suffix in groups:                  # one mask per suffix length, shared by its rows
-            with stats.stage("masks", device):
-                mask, qpos = suffix_masks(layout, S=suffix.shape[1], P=P, config=text_config(model), dtype=dtype)
-            reached = _score_group(model, logT, group, suffix, chunk, layout, mask, qpos, rows_per_forward=rows,
-                                   bar=bar, stats=stats, head=head, prefix_kv=prefix_kv, temperature=temperature,
-                                   max_elements=budget.head_logits)
-            cap, rows = (reached, reached) if reached < rows else (cap, rows)
-            fewest = min(fewest, rows)
-            del mask
+        reached = _score_chunk(model, logT, order, suffix, lengths, chunk, layout, rows_per_forward=rows, P=P,
+                               bar=bar, stats=stats, head=head, prefix_kv=prefix_kv, temperature=temperature,
+                               max_elements=budget.head_logits)
+        cap = min(cap, reached) if reached < rows else cap
+        fewest = min(fewest, reached)
     bar.close()
     stats.pairs += N * len(conts)
     stats.seconds += time.perf_counter() - t0
