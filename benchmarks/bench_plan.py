@@ -10,7 +10,8 @@ Shapes: Qwen2-0.5B (vocab 151,936, hidden 896, 24 layers, 14/2 heads) and Llama-
 reachable here, so the tries come from one of two tokenizers: `byte` (the byte-level
 tokenizer of `random:qwen2-0.5b` / `random:llama-3.2-1b`, one token per letter: the tries
 a random-weight throughput run scores) or `smollm2` (SmolLM2's byte-level BPE with its
-ChatML template: a stand-in for a real BPE tokenizer's trie sizes).
+ChatML template: a stand-in for a real BPE tokenizer's trie sizes). Word states beyond the
+1,608 that sum to 100 (N = 2,000) are frequent words summing to 95-105.
 
 "before" is the rule the tree scorer used until issue 12: targets cut into tries of at
 most 2^28 / V - 1 internal nodes, rows per forward = 2^28 / ((internal + 1) x V) (full
@@ -33,6 +34,26 @@ def _tokenizer(kind: str, cache_dir):
         return None
     _, tok, _ = model_config("smollm2-135m", cache_dir=cache_dir)
     return tok
+
+
+def word_states(task, n: int) -> list[str]:
+    """n word states: the task's seed states (words summing to 100; wordfreq's top 200,000
+    hold 1,608), then frequent words summing to 95-105 (the same lengths) to reach n."""
+    from wordfreq import top_n_list
+
+    from dbgpu.tasks.word100 import is_word, letter_sum
+
+    if n <= 1608:
+        return task.seed_states(n)
+    out = task.seed_states(1608)
+    seen = set(out)
+    for w in top_n_list("en", 200_000):
+        if len(out) == n:
+            break
+        if len(w) > 1 and is_word(w) and 95 <= letter_sum(w) <= 105 and w.upper() not in seen:
+            out.append(w.upper())
+            seen.add(w.upper())
+    return out
 
 
 def before(sizes, vocab: int, budget_logits: int = 2 ** 28) -> tuple[int, int]:
@@ -59,7 +80,7 @@ def plan_rows(args) -> list[dict]:
             tok = tok_override or tok
             shape = model_shape(config, dtype="bfloat16")
             for n in args.n:
-                enc = encode_states(tok, task, task.seed_states(n))
+                enc = encode_states(tok, task, word_states(task, n))
                 sizes = trie_sizes(enc.prompt_ids, enc.cont_ids)
                 plan = plan_scoring(shape, enc.prompt_ids, enc.cont_ids, default_budget(args.device_type),
                                     block_rows=args.rows_per_block)
