@@ -121,10 +121,11 @@ def measure(args) -> str:
     task = get_task("word100")
     v = versions()
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    lines = [f"Measured on {dev}, bf16, torch {v['torch']}, transformers {v['transformers']}:", "",
+    lines = [f"Measured on {dev}, {'bf16' if torch.cuda.is_available() else 'float32'}, torch {v['torch']}, transformers {v['transformers']}:", "",
              "| model | N | rows / forward | tokens / forward (max) | forwards | seconds | pairs/s "
              "| predicted peak GiB | measured peak GiB | stage seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for name, model in SHAPES.items():
+    models = {m: m for m in args.models} if args.models else SHAPES
+    for name, model in models.items():
         if args.shapes and name not in args.shapes:
             continue
         lm = load_model(model, device="auto", dtype="bfloat16" if torch.cuda.is_available() else "float32")
@@ -159,6 +160,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--measure", action="store_true", help="also score on this machine's device (random weights)")
     ap.add_argument("--shapes", nargs="*", default=None, help="with --measure: only these shapes")
+    ap.add_argument("--models", nargs="*", default=None, help="with --measure: these models instead of the shapes")
     ap.add_argument("--out", default=None, help="write the table(s) to this Markdown file")
     args = ap.parse_args(argv)
     text = measure(args) if args.measure else print_plan(plan_rows(args), args)
