@@ -31,7 +31,9 @@ def test_memory_golden():
     assert m["masks"] == 1 * (1 + 3) * 10 * 32 * 2 + 10 * 30            # shared + one per padded row
     assert m["batch_kv"] == 3 * 30 * kv_per_position
     assert m["activations"] == 3 * 10 * (6 * 64 + 4 * 128 + 3 * (4 + 4) * 16) * 2 + 2 * 3 * 4 * 30 * 16 * 2
-    assert m["head"] == 3 * 9 * 64 * 2 + 8 * 1000 + 2 ** 26
+    assert m["head"] == 3 * 9 * 64 * 2 + 8 * 1000 + 2 ** 26                 # a chunk of 1000 logits
+    assert memory(_shape(), rows=3, queries=10, keys=30, prefix=20, head_logits=10 ** 9)["head"] == \
+        3 * 9 * 64 * 2 + 8 * 3 * 9 * 1000 + 2 ** 26                       # all 27 positions' logits at once
     assert m["peak"] == 200_000 + m["prefix_kv"] + m["masks"] + max(m["batch_kv"] + m["activations"], m["head"])
     eager = memory(_shape(eager=True), rows=3, queries=10, keys=30, prefix=20, head_logits=1000)
     assert eager["activations"] - m["activations"] == 3 * 4 * 10 * 30 * (4 + 2 * 2)   # the scores

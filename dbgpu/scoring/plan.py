@@ -23,7 +23,8 @@ of one forward, bytes (d = bytes of the model dtype):
     activations  B x Q x (6 H + 4 F + 3 (heads + 2 kv) head_dim) x d    (one layer at a time)
                  + 2 B x heads x K x head_dim x d                   (keys/values repeated for GQA)
                  + B x heads x Q x K x (4 + 2 d) with eager attention (scores; sdpa keeps none)
-    head         B x (I + 1) x H x d + 2 x 4 x head chunk + 64 MiB  (float32 logits, chunked)
+    head         B x (I + 1) x H x d + 8 x min(head chunk, B x (I + 1) x V) + 64 MiB
+                                                                    (float32 logits, chunked)
 
 and the predicted peak is weights + prefix KV + masks + max(batch KV + activations, head).
 Rows per forward are the most that keep B x Q within the token budget and batch KV +
@@ -149,7 +150,7 @@ def memory(shape: ModelShape, *, rows: int, queries: int, keys: int, prefix: int
     out = {"weights": shape.n_params * d, "prefix_kv": prefix * kv_row,
            "masks": shape.mask_kinds * (1 + B) * Q * _round16(K) * d + Q * K,
            "batch_kv": B * K * kv_row, "activations": act,
-           "head": B * (Q - 1) * shape.hidden * d + 8 * head_logits + _HEAD_TILE}
+           "head": B * (Q - 1) * shape.hidden * d + 8 * min(head_logits, B * (Q - 1) * shape.vocab) + _HEAD_TILE}
     out["peak"] = (out["weights"] + out["prefix_kv"] + out["masks"]
                    + max(out["batch_kv"] + out["activations"], out["head"]))
     return out
