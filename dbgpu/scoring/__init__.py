@@ -6,6 +6,7 @@ over the tokens y of continuation(g) (answer + end-of-turn token), given prompt(
 
     plain.py   the reference: every pair its own padded row
     tree.py    the fast scorer: shared-prefix cache + continuation trie + tree masks
+    plan.py    its batch plan (rows, token positions, predicted memory per forward; no torch)
     trie.py    tries, common prefixes, the work lower bound (no model)
     prefix.py  padding and the shared-prefix prefill (also used by sampling)
     head.py    the precision policy: hidden states -> float32 log-probs (also used by sampling)
