@@ -39,6 +39,30 @@ def _model_options(p: argparse.ArgumentParser, *, default_model: str | None = No
     g.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     g.add_argument("--cache-dir", default=None, help="where dequantised GGUF models are cached "
                                                      "(default: the user cache dir, e.g. ~/.cache/dbgpu)")
+    _placement_options(g)
+
+
+def _placement_options(g) -> None:
+    g.add_argument("--device-map", default=None, metavar="auto|balanced|balanced_low_0|sequential",
+                   help="spread a model larger than one GPU over the GPUs, then CPU memory, then --offload-dir "
+                        "(accelerate's big-model dispatch; one process; --device is then ignored)")
+    g.add_argument("--max-memory", default=None, metavar="0=20GiB,1=20GiB,cpu=64GiB",
+                   help="with --device-map: memory each device may hold")
+    g.add_argument("--offload-dir", default=None, metavar="DIR",
+                   help="with --device-map: where layers that fit no device are kept on disk")
+
+
+def _placement(args) -> dict | None:
+    """The big-model dispatch options of `load_model`, or None without --device-map."""
+    from dbgpu.models import check_device_map, parse_max_memory
+
+    if args.device_map is None:
+        if args.max_memory or args.offload_dir:
+            raise DbgpuError("--max-memory and --offload-dir go with --device-map")
+        return None
+    check_device_map(args.device_map)
+    return {"device_map": args.device_map, "max_memory": parse_max_memory(args.max_memory),
+            "offload_dir": args.offload_dir}
 
 
 def _task_options(p: argparse.ArgumentParser, *, default_task: str | None = None) -> None:
@@ -105,7 +129,7 @@ def _scoring_kwargs(args) -> dict:
     return dict(model=args.model, template_path=args.template, temperature=args.temperature,
                 device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, method=args.method,
                 batch_tokens=args.batch_tokens, max_logits=args.max_logits, rows_per_block=args.rows_per_block,
-                overwrite=args.overwrite, progress=not args.quiet)
+                overwrite=args.overwrite, progress=not args.quiet, placement=_placement(args))
 
 
 def _add_score(sub) -> None:
@@ -303,6 +327,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
     p.add_argument("--cache-dir", default=None, help="dequantised GGUF cache (default: user cache dir)")
+    _placement_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_compare)
@@ -328,7 +353,7 @@ def _cmd_compare(args) -> int:
     result = compare_job(models=models, templates=templates, task_name=args.task, states=states, out=args.out,
                          answer_prefix=args.answer_prefix, temperature=args.temperature, method=args.method,
                          device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
-                         progress=not args.quiet)
+                         placement=_placement(args), progress=not args.quiet)
     if not result:                                # another rank of a launched job: rank 0 reports
         return 0
     for r in result["pairs"]:
@@ -370,7 +395,8 @@ def _cmd_explore(args) -> int:
     res = explore_job(model=args.model, task=task, steps=args.steps, out=args.out, protocol=args.protocol,
                       batch=args.batch, start=args.start, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device,
-                      dtype=args.dtype, cache_dir=args.cache_dir, progress=not args.quiet)
+                      dtype=args.dtype, cache_dir=args.cache_dir, placement=_placement(args),
+                      progress=not args.quiet)
     print(summary_text(res["summary"], steps=(res["first_step"], res["first_step"] + res["steps"]),
                        n_discovered=len(res["discovered"]), path=res["log"]))
     return 0

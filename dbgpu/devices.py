@@ -51,6 +51,28 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return _DTYPES[dtype]
 
 
+# ----------------------------------------------------------------------------- dispatched models
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """Where `module` computes: its accelerate hook's execution device when the model was
+    dispatched (`--device-map`: its weights may be offloaded, on the 'meta' device), else
+    the device of its first parameter or buffer (the CPU for none)."""
+    hook = getattr(module, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
+    for t in (*module.parameters(), *module.buffers()):
+        if t.device.type != "meta":
+            return t.device
+    return torch.device("cpu")
+
+
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where a model's inputs go: the execution device of its input embeddings."""
+    return module_device(model.get_input_embeddings())
+
+
 # ----------------------------------------------------------------------------- CUDA bookkeeping
 # Each is a no-op on the CPU; tests exercise the CUDA branch on CPU by patching torch.cuda.
 

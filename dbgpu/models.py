@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from dbgpu.devices import resolve_device, resolve_dtype
+from dbgpu.devices import input_device, resolve_device, resolve_dtype
 from dbgpu.errors import DbgpuError
 from dbgpu.io import dir_mode, file_mode
 
@@ -325,20 +325,75 @@ def _revision(model, path: str) -> str | None:
     return m.group(1) if m else None
 
 
+# ----------------------------------------------------------------------------- big-model dispatch
+
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """'0=20GiB,1=20GiB,cpu=64GiB' -> {0: '20GiB', 1: '20GiB', 'cpu': '64GiB'} (accelerate's
+    max_memory); None stays None. A malformed entry is a one-line error."""
+    if text is None:
+        return None
+    out: dict = {}
+    for part in text.split(","):
+        key, sep, size = part.strip().partition("=")
+        key, size = key.strip(), size.strip()
+        if not sep or not key or not size or not (key.isdigit() or key in ("cpu", "disk", "mps")):
+            raise DbgpuError(f"--max-memory entries are DEVICE=SIZE with DEVICE a GPU index, cpu or disk "
+                             f"(e.g. 0=20GiB,cpu=64GiB), not {part.strip()!r}")
+        out[int(key) if key.isdigit() else key] = int(size) if size.isdigit() else size
+    return out
+
+
+def check_device_map(device_map) -> None:
+    """A device map is one of DEVICE_MAPS or a {module name: device} dict."""
+    if device_map is None or isinstance(device_map, dict):
+        return
+    if device_map not in DEVICE_MAPS:
+        raise DbgpuError(f"unknown --device-map {device_map!r} (use {', '.join(DEVICE_MAPS)})")
+
+
+def dispatch(model, *, device_map, max_memory: dict | None = None, offload_dir: str | Path | None = None):
+    """The model spread over devices by accelerate's big-model dispatch: layers on GPUs in
+    order, then CPU memory, then `offload_dir` on disk (weights loaded per forward), as
+    max_memory allows. device_map: one of DEVICE_MAPS or a {module: device} dict. Returns
+    (model, the device map used)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    if isinstance(device_map, str):
+        no_split = getattr(model, "_no_split_modules", None) or []
+        if device_map != "sequential":
+            max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                             low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
+    if str(device_map.get("", "")) == "disk":
+        raise DbgpuError("--max-memory leaves no device room for even the first layers; give it more")
+    if "disk" in set(map(str, device_map.values())) and offload_dir is None:
+        raise DbgpuError("the device map offloads layers to disk: give --offload-dir DIR (or more --max-memory)")
+    return dispatch_model(model, device_map=device_map, offload_dir=offload_dir), device_map
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
 def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None = "auto",
                dtype: str | torch.dtype | None = "auto", cache_dir: str | Path | None = None,
-               seed: int = 0) -> LM:
+               seed: int = 0, device_map=None, max_memory: dict | None = None,
+               offload_dir: str | Path | None = None) -> LM:
     """Load `name` onto `device` in `dtype` (bf16 on CUDA, fp32 on CPU by default).
 
     Weights are put in `dtype` the way transformers loads a checkpoint (`cast_parameters`):
-    float32 buffers such as the rotary frequencies stay float32."""
+    float32 buffers such as the rotary frequencies stay float32. device_map (a model larger
+    than one device; see `dispatch`): a checkpoint directory or hub id is loaded straight
+    onto its devices by transformers, other models are loaded on the CPU and dispatched;
+    `device` is then ignored and LM.device is where the inputs go."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    dev = resolve_device(device)
+    check_device_map(device_map)
+    dev = resolve_device("auto" if device_map is not None else device)
     dt = resolve_dtype(dtype, dev)
     r = resolve_model(name, cache_dir=cache_dir)
     t0 = time.perf_counter()
@@ -354,14 +409,24 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None =
                                                         sha256=info["gguf_sha256"])
         r = {"path": r["path"], "gguf_file": r["gguf_file"]}
     else:
+        placed = {} if device_map is None else {"device_map": device_map, "max_memory": max_memory,
+                                                 "offload_folder": offload_dir}
         try:
             tok = AutoTokenizer.from_pretrained(r["path"], trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(
-                r["path"], dtype=dt, use_safetensors=True, trust_remote_code=False)
+                r["path"], dtype=dt, use_safetensors=True, trust_remote_code=False, **placed)
         except (OSError, ValueError) as e:
             raise DbgpuError(f"cannot load model {name}: {str(e).splitlines()[0]}") from None
         info["revision"] = _revision(model, r["path"])
-    model = model.to(device=dev).eval()                # moves; never casts (see cast_parameters)
+    if device_map is None:
+        model = model.to(device=dev).eval()            # moves; never casts (see cast_parameters)
+    else:
+        if getattr(model, "hf_device_map", None) is None:
+            model, device_map = dispatch(model.eval(), device_map=device_map, max_memory=max_memory,
+                                         offload_dir=offload_dir)
+        model = model.eval()
+        info["device_map"] = {k: str(v) for k, v in (getattr(model, "hf_device_map", None) or device_map).items()}
+        dev = input_device(model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     seconds = time.perf_counter() - t0

@@ -107,4 +107,5 @@ def model_record(lm) -> dict:
         "seed": lm.info.get("seed"),
         "dtype": str(lm.dtype).removeprefix("torch."),
         "device": str(lm.device),
+        "device_map": lm.info.get("device_map"),          # {module: device} of a dispatched model, else None
     }

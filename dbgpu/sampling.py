@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dbgpu.devices import input_device
 from dbgpu.errors import check_temperature
 from dbgpu.scoring.head import hidden_states, next_token_logits, output_head
 from dbgpu.scoring.prefix import prefill
@@ -53,7 +54,7 @@ def draw_tokens(logits: torch.Tensor, *, temperature: float, generator: torch.Ge
 def _start(model, head, prompts: list[list[int]], *, pad_id: int):
     """Prefill each distinct prompt once, then give every slot its prompt's state:
     (first float32 logits (B, V), KV cache (B rows), attention mask (B, T), next position (B,))."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     keys = [tuple(p) for p in prompts]
     uniq = list(dict.fromkeys(keys))
     slot_of = {k: i for i, k in enumerate(uniq)}
@@ -78,7 +79,7 @@ def sample_answers(model, prompts: list[list[int]], *, temperature: float, max_n
     """
     check_temperature(temperature)
     head = output_head(model)
-    device = head.weight.device
+    device = input_device(model)
     logits, cache, mask, next_pos = _start(model, head, prompts, pad_id=pad_id)  # (B, V), (B, T), (B,)
     B = len(prompts)
     stops = torch.tensor(stop_ids, device=device, dtype=torch.long)

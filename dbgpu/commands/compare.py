@@ -71,7 +71,7 @@ def _check(models: list[str], templates: list[str | None]) -> None:
 
 
 def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temperature: float,
-                method: str, device, dtype, cache_dir, progress: bool, log) -> list[dict]:
+                method: str, device, dtype, cache_dir, progress: bool, log, placement: dict | None = None) -> list[dict]:
     """Score (or reuse), fit and report each template's run of one model; the model is
     loaded once, and only if some run needs scoring."""
     from dbgpu.commands.fit import fit_input
@@ -93,7 +93,8 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temper
             log(f"[{label}] reusing the scores in {run_dir}")
         else:
             if lm is None:
-                lm = load_model(model, device=rank_device(device, launched()), dtype=dtype, cache_dir=cache_dir)
+                lm = load_model(model, device=rank_device(device, launched()), dtype=dtype, cache_dir=cache_dir,
+                                **(placement or {}))
             log(f"[{label}] scoring {len(states)}x{len(states)} pairs -> {run_dir}")
             if score_job(model=model, task=task, states=states, out=run_dir, template_path=t,
                          temperature=temperature, method=method, progress=progress, lm=lm, overwrite=True) is None:
@@ -109,8 +110,10 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temper
 
 def compare_job(*, models: list[str], templates: list[str | None], task_name: str, states: list[str], out,
                 answer_prefix: str | None = None, temperature: float = 1.0, method: str = "tree",
-                device="auto", dtype="auto", cache_dir=None, progress: bool = True, log=print) -> dict:
-    """Score (or reuse), fit and compare every model x template run. Returns compare.json's dict."""
+                device="auto", dtype="auto", cache_dir=None, placement: dict | None = None, progress: bool = True,
+                log=print) -> dict:
+    """Score (or reuse), fit and compare every model x template run. Returns compare.json's dict.
+    placement: big-model dispatch options for `load_model` (device_map, max_memory, offload_dir)."""
     from dbgpu.distributed import launched
     from dbgpu.models import resolve_model
     from dbgpu.tasks import canonical_states, get_task, read_template
@@ -129,7 +132,8 @@ def compare_job(*, models: list[str], templates: list[str | None], task_name: st
         for model in models:
             runs += _model_runs(model, templates, tasks, states=states, out=out,
                                 temperature=temperature, method=method, device=device, dtype=dtype,
-                                cache_dir=cache_dir, progress=progress, log=log if main else (lambda *a: None))
+                                cache_dir=cache_dir, placement=placement, progress=progress,
+                                log=log if main else (lambda *a: None))
         if not main:
             return {}
         return _write_comparison(out, runs, task_name=task_name, states=states, temperature=temperature)

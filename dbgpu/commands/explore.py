@@ -151,11 +151,12 @@ def _record_call(out: Path, doc: dict, call: dict, tally: Tally) -> None:
 def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol: str = "paper",
                 batch: int = DEFAULT_BATCH, start: str | None = None,
                 temperature: float = DEFAULT_TEMPERATURE, max_new_tokens: int | None = None,
-                seed: int = 0, device="auto", dtype="auto", cache_dir=None, progress: bool = True,
-                lm=None) -> dict:
+                seed: int = 0, device="auto", dtype="auto", cache_dir=None, placement: dict | None = None,
+                progress: bool = True, lm=None) -> dict:
     """Run `steps` steps of `batch` queries, appending to out/transitions.jsonl (continuing
     a run already there). Returns this call's record: steps done, summary, discovered states.
-    `max_new_tokens` None: the task's own `max_new_tokens` if it has one, else 10."""
+    `max_new_tokens` None: the task's own `max_new_tokens` if it has one, else 10. placement:
+    big-model dispatch options for `load_model` (device_map, max_memory, offload_dir)."""
     from dbgpu.formatting import TEMPLATE_DATE
     from dbgpu.provenance import environment, model_record
 
@@ -175,7 +176,7 @@ def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol
         if lm is None:
             from dbgpu.models import load_model
 
-            lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+            lm = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir, **(placement or {}))
         doc = _open_run(out, settings, scan, stored)
         frontier = Frontier(start=start, batch=batch, invalid_state=task.invalid_state)
         frontier.absorb(scan.records)

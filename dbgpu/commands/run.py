@@ -68,7 +68,7 @@ def analysis_summary(stats: dict, potential: dict, *, top: int = 5) -> str:
 def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[str] | None = None,
             template_path=None, temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto",
             cache_dir=None, batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
-            overwrite: bool = False, progress: bool = True, log=print) -> dict:
+            overwrite: bool = False, progress: bool = True, placement: dict | None = None, log=print) -> dict:
     """Seed states (or `states`) -> score -> fit -> explain -> report in `out`. Returns
     {"meta", "stats", "report", "explain"} ({} on the other ranks of a launched job)."""
     import contextlib
@@ -95,7 +95,7 @@ def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[st
         return _run(model=model, task=task, states=states, out=Path(out), template_path=template_path,
                     temperature=temperature, method=method, device=device, dtype=dtype, cache_dir=cache_dir,
                     batch_tokens=batch_tokens, max_logits=max_logits, rows_per_block=rows_per_block,
-                    overwrite=overwrite, progress=progress, log=log)
+                    overwrite=overwrite, progress=progress, placement=placement, log=log)
 
 
 def _run(*, model, task, states, out: Path, device, log, **scoring) -> dict:

@@ -166,10 +166,13 @@ def _open_job(out: Path, settings: dict, *, overwrite: bool) -> tuple[dict | Non
 def score_job(*, model: str, task: Task, states: list[str], out: str | Path, template_path=None,
               temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto", cache_dir=None,
               batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
-              overwrite: bool = False, progress: bool = True, profile: str | Path | None = None, lm=None) -> dict:
+              overwrite: bool = False, progress: bool = True, profile: str | Path | None = None,
+              placement: dict | None = None, lm=None) -> dict:
     """Score `states` under `model` into a score directory (resuming one that is part done).
     Returns meta.json's dict (with "already_complete": True when the directory held this
-    very score and nothing was done); None on the other ranks of a launched job."""
+    very score and nothing was done); None on the other ranks of a launched job.
+    placement: big-model dispatch options for `load_model` (device_map, max_memory,
+    offload_dir): one process spreads the model over its devices (not under a launcher)."""
     from dbgpu import distributed as dd
     from dbgpu.devices import resolve_device, resolve_dtype
     from dbgpu.tasks import canonical_states
@@ -180,7 +183,11 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
     out = check_out_dir(out)
     profile = check_out_dir(profile) if profile is not None else None
     ranks = dd.launched()
-    dev = lm.device if lm is not None else resolve_device(dd.rank_device(device, ranks))
+    if placement and placement.get("device_map") is not None and ranks.world > 1:
+        raise DbgpuError("--device-map spreads one model over this machine's devices: run it as one process, "
+                         "not under torchrun / accelerate launch")
+    dev = lm.device if lm is not None else resolve_device(
+        "auto" if placement and placement.get("device_map") is not None else dd.rank_device(device, ranks))
     dt = lm.dtype if lm is not None else resolve_dtype(dtype, dev)
     settings = job_settings(model=model, task=task, states=states, temperature=temperature, method=method,
                             device_type=dev.type, dtype=str(dt).removeprefix("torch."), rows_per_block=rows_per_block)
@@ -193,7 +200,7 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
             if lm is None:
                 from dbgpu.models import load_model
 
-                lm = load_model(model, device=dev, dtype=dt, cache_dir=cache_dir)
+                lm = load_model(model, device=dev, dtype=dt, cache_dir=cache_dir, **(placement or {}))
             return _score(lm, task, states, out, job=job, settings=settings, ranks=ranks, template_path=template_path,
                           options=dict(temperature=temperature, method=method, batch_tokens=batch_tokens,
                                        max_logits=max_logits), progress=progress, profile=profile)

@@ -72,7 +72,8 @@ def decoder(model) -> torch.nn.Module:
 
 
 def hidden_states(model, *, cache=None, **kwargs) -> tuple[torch.Tensor, object]:
-    """One decoder forward: (final hidden states (B, T, H) in the model dtype, KV cache or None).
+    """One decoder forward: (final hidden states (B, T, H) in the model dtype, on the device
+    of the inputs (a dispatched model's last layer may sit on another), KV cache or None).
 
     kwargs: input_ids, attention_mask (2D, 4D or a per-layer-kind dict), position_ids,
     use_cache. No logits are computed."""
@@ -80,7 +81,11 @@ def hidden_states(model, *, cache=None, **kwargs) -> tuple[torch.Tensor, object]
     if cache is not None:
         kwargs[cache_kwarg(dec)] = cache
     out = dec(**kwargs)
-    return out.last_hidden_state, (output_cache(out) if kwargs.get("use_cache") else None)
+    h = out.last_hidden_state
+    ids = kwargs.get("input_ids")
+    if ids is not None and h.device != ids.device:
+        h = h.to(ids.device)
+    return h, (output_cache(out) if kwargs.get("use_cache") else None)
 
 
 def _from_table(model, kind: str, weight, bias) -> OutputHead:
@@ -94,6 +99,21 @@ def _from_table(model, kind: str, weight, bias) -> OutputHead:
     return OutputHead(weight, bias)
 
 
+def _head_tensors(lm_head: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of the output projection on the device it computes on. A dispatched
+    model whose head is offloaded (weights on 'meta', loaded by accelerate per call) gets a
+    copy on its execution device, held for the scoring call (vocab x hidden x dtype bytes)."""
+    if getattr(lm_head, "_hf_hook", None) is None or lm_head.weight.device.type != "meta":
+        return lm_head.weight, lm_head.bias
+    from accelerate.utils import align_module_device
+
+    from dbgpu.devices import module_device
+
+    with align_module_device(lm_head, module_device(lm_head)):
+        bias = None if lm_head.bias is None else lm_head.bias.detach().clone()
+        return lm_head.weight.detach().clone(), bias
+
+
 def output_head(model, *, probe: bool | None = None) -> OutputHead:
     """The model's output head; raises DbgpuError when it cannot be reproduced exactly.
 
@@ -102,8 +122,9 @@ def output_head(model, *, probe: bool | None = None) -> OutputHead:
     if not isinstance(lm_head, torch.nn.Linear):
         raise DbgpuError(f"{type(model).__name__}: the output head is not a linear layer; it cannot be scored")
     name = type(model).__name__
-    head = _from_table(model, HEADS[name], lm_head.weight, lm_head.bias) if name in HEADS else \
-        OutputHead(lm_head.weight, lm_head.bias, source="probe")
+    weight, bias = _head_tensors(lm_head)
+    head = _from_table(model, HEADS[name], weight, bias) if name in HEADS else \
+        OutputHead(weight, bias, source="probe")
     if probe or (probe is None and name not in HEADS):
         check_head(model, head)
     return head
@@ -114,11 +135,12 @@ def check_head(model, head: OutputHead) -> float:
     """Compare the model's own logits with this head's on a probe of 8 tokens; returns the
     largest difference relative to the logits' scale, raises DbgpuError above the model
     dtype's rounding (a transform of the logits this head does not reproduce)."""
-    device = head.weight.device
-    ids = torch.arange(1, 9, device=device)[None] % head.vocab_size                    # (1, 8)
+    from dbgpu.devices import input_device
+
+    ids = torch.arange(1, 9, device=input_device(model))[None] % head.vocab_size      # (1, 8)
     theirs = model(input_ids=ids, use_cache=False).logits[0].float()                  # (8, V)
     h, _ = hidden_states(model, input_ids=ids, use_cache=False)
-    ours = head_logits(head, h[0])                                                   # (8, V)
+    ours = head_logits(head, h[0]).to(theirs.device)                                 # (8, V)
     scale = max(1.0, float(theirs.abs().max()))
     err = float((theirs - ours).abs().max()) / scale
     tol = 8 * torch.finfo(head.weight.dtype).eps if head.weight.dtype != torch.float32 else 1e-4
@@ -149,8 +171,9 @@ def _matmul32(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def head_logits(head: OutputHead, h: torch.Tensor) -> torch.Tensor:
-    """float32 logits (n, V) of hidden states h (n, H), with the model's own transform."""
-    z = _matmul32(h, head.weight)
+    """float32 logits (n, V) of hidden states h (n, H), with the model's own transform, on
+    the head's device (h is moved there when a dispatched model keeps it elsewhere)."""
+    z = _matmul32(h.to(head.weight.device), head.weight)
     if head.bias is not None:
         z += head.bias.float()
     if head.scale is not None:
@@ -162,8 +185,8 @@ def head_logits(head: OutputHead, h: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def next_token_logits(head: OutputHead, h: torch.Tensor) -> torch.Tensor:
-    """The sampler's logits: float32 (B, V) from the last hidden states (B, H)."""
-    return head_logits(head, h)
+    """The sampler's logits: float32 (B, V) from the last hidden states (B, H), on h's device."""
+    return head_logits(head, h).to(h.device)
 
 
 def default_max_elements(device: torch.device) -> int:
@@ -178,7 +201,8 @@ def token_logprobs(head: OutputHead, h: torch.Tensor, pos: torch.Tensor, tok: to
 
     h (N, H) hidden states (model dtype), pos (K,) indices into h, tok (K,) token ids.
     Positions are processed in chunks of max_elements // V; time O(N x V x H), memory one
-    chunk of float32 logits plus the (K,) result.
+    chunk of float32 logits plus the (K,) result. The result is on h's device (a dispatched
+    model's head may compute elsewhere).
     """
     N, K = h.shape[0], pos.shape[0]
     out = torch.empty(K, dtype=torch.float32, device=h.device)
@@ -195,9 +219,9 @@ def token_logprobs(head: OutputHead, h: torch.Tensor, pos: torch.Tensor, tok: to
         ka, kb = cuts[c], cuts[c + 1]
         if ka == kb:
             continue
-        z = head_logits(head, h[a:a + chunk]) / temperature                        # (c, V)
+        z = head_logits(head, h[a:a + chunk]) / temperature                        # (c, V) on the head's device
         lse = torch.logsumexp(z, dim=-1)                                           # (c,)
-        p = pos_s[ka:kb] - a
-        vals[ka:kb] = z[p, tok_s[ka:kb]] - lse[p]
+        p, t = (pos_s[ka:kb] - a).to(z.device), tok_s[ka:kb].to(z.device)         # no-ops on one device
+        vals[ka:kb] = (z[p, t] - lse[p]).to(vals.device)
     out[order] = vals
     return out

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from dbgpu.console import progress as progress_bar
+from dbgpu.devices import input_device
 from dbgpu.errors import DbgpuError, check_temperature
 from dbgpu.scoring.head import hidden_states, output_head, token_logprobs
 from dbgpu.scoring.prefix import pad_sequences
@@ -41,7 +42,7 @@ def _batches(lengths: np.ndarray, *, batch_tokens: int, max_batch: int) -> list[
 def _score_batch(model, head, seqs: list[list[int]], plen: np.ndarray, clen: np.ndarray, *, side: str,
                  temperature: float, pad_id: int, stats: ScoreStats, max_elements: int | None) -> np.ndarray:
     """Sum of continuation log-probs of B padded rows (prompt + continuation): (B,) float64."""
-    device = head.weight.device
+    device = input_device(model)
     with stats.stage("masks", device):
         ids, mask, pos = pad_sequences(seqs, pad_id=pad_id, side=side, device=device)  # (B, T)
         B, T = ids.shape
@@ -87,7 +88,7 @@ def score_sequences(model, prompts: list[list[int]], conts: list[list[int]], pai
         raise ValueError(f"padding_side must be left or right, not {padding_side!r}")
     if any(len(c) == 0 for c in conts) or any(len(p) == 0 for p in prompts):
         raise DbgpuError("a prompt or continuation has no tokens")
-    device = next(model.parameters()).device
+    device = input_device(model)
     plen = np.array([len(p) for p in prompts], dtype=np.int64)
     clen = np.array([len(c) for c in conts], dtype=np.int64)
     lengths = plen[pairs[:, 0]] + clen[pairs[:, 1]]                 # (P,)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from dbgpu.devices import input_device
 from dbgpu.models import text_config
 from dbgpu.scoring.head import hidden_states
 from dbgpu.scoring.trie import common_prefix_length
@@ -47,7 +48,7 @@ def run_prefix(model, ids: list[int], *, full_layers: bool = False):
     """
     from transformers import DynamicCache
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     _, cache = hidden_states(model, input_ids=torch.tensor([ids], device=device), use_cache=True,
                              cache=DynamicCache() if full_layers else None)
     return cache
@@ -90,7 +91,7 @@ def prefill(model, prompts: list[list[int]], *, pad_id: int, min_shared: int = 1
     cache slots hold the prefix's first L - k_u positions shifted right by k_u, gathered
     from the single prefix pass, and only the last S columns are run for all rows.
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids, mask, pos = pad_sequences(prompts, pad_id=pad_id, side="left", device=device)   # (U, T)
     U, T = ids.shape
     L = common_prefix_length(prompts) if U > 1 else 0                           # each keeps >= 1 token

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from dbgpu.console import progress as progress_bar
+from dbgpu.devices import input_device
 from dbgpu.errors import DbgpuError, check_temperature
 from dbgpu.models import text_config
 from dbgpu.scoring.head import hidden_states, output_head, token_logprobs
@@ -252,7 +253,7 @@ def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout
     (width S)."""
     from transformers import DynamicCache
 
-    device = head.weight.device
+    device = suffix.device
     B, S = suffix.shape
     I = layout.n_internal
     with stats.stage("masks", device):
@@ -310,7 +311,7 @@ def _score_chunk(model, logT: np.ndarray, order: np.ndarray, suffix: torch.Tenso
                 raise
             rows_per_forward = max(1, len(rows) // 2)             # back off and retry this batch
             stats.extra["oom_backoffs"] = stats.extra.get("oom_backoffs", 0) + 1
-            empty_cache(kw["head"].weight.device)
+            empty_cache(device)
             continue
         start += len(rows)
         bar.update(len(rows) * len(chunk))
@@ -335,7 +336,7 @@ def batch_plan(model, prompts: list[list[int]], conts: list[list[int]], *, batch
     config = text_config(model)
     shape = model_shape(config, dtype=str(param.dtype).removeprefix("torch."),
                         n_params=sum(p.numel() for p in model.parameters()))
-    budget = default_budget(param.device.type, tokens=batch_tokens, head_logits=max_logits, work_bytes=work_bytes,
+    budget = default_budget(input_device(model).type, tokens=batch_tokens, head_logits=max_logits, work_bytes=work_bytes,
                             max_rows=max_rows)
     return shape, budget, plan_scoring(shape, prompts, conts, budget, block_rows=block_rows)
 
@@ -360,7 +361,7 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     check_tree_supported(model, prefix_length=P, max_length=max(map(len, prompts)) + max(map(len, conts)))
     stats = stats if stats is not None else ScoreStats()
     head = output_head(model)
-    device = head.weight.device
+    device = input_device(model)
     shape, budget, plan = batch_plan(model, prompts, conts, batch_tokens=batch_tokens, max_logits=max_logits,
                                      work_bytes=work_bytes, max_rows=max_rows)
     stats.begin(device)
