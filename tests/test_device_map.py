@@ -73,3 +73,22 @@ def test_device_map_errors_are_one_line_and_write_nothing(tmp_path, capsys, argv
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_sampling_from_a_dispatched_model_draws_the_same_answers(tmp_path, reference):
+    """The sampler's prefill, decode steps and float32 head through the dispatch: same seed,
+    same answers as the undispatched model."""
+    import torch
+
+    from dbgpu.sampling import sample_answers
+
+    enc, _ = reference
+    runs = []
+    for placement in ({}, {"device_map": "auto", "max_memory": {"cpu": 400_000}, "offload_dir": tmp_path}):
+        lm = load_model("random:llama", device="cpu", **placement)
+        tok = lm.tokenizer
+        samples = sample_answers(lm.model, enc.prompt_ids * 3, temperature=1.0, max_new_tokens=6,
+                                 stop_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
+                                 generator=torch.Generator().manual_seed(5))
+        runs.append([s.ids for s in samples])
+    assert runs[0] == runs[1] and any(runs[0])
