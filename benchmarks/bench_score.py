@@ -1,7 +1,7 @@
 """Exact-kernel scoring throughput: dbgpu's tree scorer vs the baselines, same pairs, one run.
 
     python benchmarks/bench_score.py                                  # SmolLM2, CPU, N = 48 and 100
-    python benchmarks/bench_score.py --n 500 --tree-only                # the tree scorer alone, peak RSS
+    python benchmarks/bench_score.py --n 500 --tree-only --tree-rows 32 # the tree scorer alone (32 sources x 500), peak RSS
     python benchmarks/bench_score.py --n 48 --tree-only --nproc 1 2     # + `dbgpu score` on 1 and 2 ranks
     python benchmarks/bench_score.py --model random:qwen2-0.5b --device cuda --dtype bfloat16 --n 100 500
 
@@ -131,14 +131,19 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
     n_body = sum(p.numel() for p in model.parameters()) - n_embed
     rows = []
 
-    # tree: warm up on a few sources, then all pairs
+    # tree: warm up on a few sources, then all pairs (or --tree-rows seeded sources, all targets)
     score_matrix(model, P[:2], C[:4], method="tree", pad_id=pad, max_logits=args.max_logits)
     stats = ScoreStats()
-    tree, sec, peak = timed(lambda: score_matrix(model, P, C, method="tree", pad_id=pad, stats=stats,
-                                                 max_logits=args.max_logits, progress=args.progress), device)
-    rows.append(dict(method="tree", pairs=all_pairs, seconds=sec, est=False, tokens=stats.tokens,
+    src = np.arange(n) if not args.tree_rows or args.tree_rows >= n else \
+        np.sort(rng.choice(n, size=args.tree_rows, replace=False))
+    tree, sec, peak = timed(lambda: score_matrix(model, [P[i] for i in src], C, method="tree", pad_id=pad,
+                                                 stats=stats, max_logits=args.max_logits,
+                                                 progress=args.progress), device)
+    scale = n / len(src)
+    sec, stats.tokens = sec * scale, int(stats.tokens * scale)
+    rows.append(dict(method="tree", pairs=len(src) * n, seconds=sec, est=scale != 1, tokens=stats.tokens,
                      peak=peak, max_diff=0.0, tpf=stats.extra["tokens_per_forward"],
-                     flops=forward_flops(n_body, stats.tokens, stats.logit_positions, cfg.hidden_size, V)))
+                     flops=forward_flops(n_body, stats.tokens, stats.logit_positions * scale, cfg.hidden_size, V)))
     if args.tree_only:
         for r in rows:
             r.update(n=n, lower_bound=bound, tree_seconds=rows[0]["seconds"])
@@ -238,10 +243,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--tree-only", action="store_true", help="time the tree scorer alone (no baselines)")
+    ap.add_argument("--tree-rows", type=int, default=None, metavar="K",
+                    help="with --tree-only: score K seeded sources against all N targets and extrapolate to N^2 "
+                         "(peak memory is a full run's: the batches are the same)")
     ap.add_argument("--nproc", type=int, nargs="*", default=None, metavar="K",
                     help="also score with `dbgpu score` under torchrun on K ranks of one thread each (CPU)")
     ap.add_argument("--nproc-block", type=int, default=8, help="rows per block for --nproc (default 8)")
     args = ap.parse_args(argv)
+    if args.tree_rows and not args.tree_only:
+        ap.error("--tree-rows goes with --tree-only")
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
     task = get_task("word100")
