@@ -71,22 +71,25 @@ def test_loops_on_a_triangle():
     lw_fg = np.array([0.5, 0.2, 0.4])                      # 0->1, 1->2, 0->2
     lw_gf = np.array([-0.3, 0.1, -1.0])                    # 1->0, 2->1, 2->0
     out, arr = loops(3, f, g, lw_fg, lw_gf, np.array([0.1, 0.2, 0.3]))
-    assert out["count"] == 1
+    assert out["count"] == 1 and out["sample"] == 1
     F, B = arr["forward"][0], arr["backward"][0]
     assert {round(F, 12), round(B, 12)} == {round(0.5 + 0.2 - 1.0, 12), round(0.4 + 0.1 - 0.3, 12)}
     assert out["chi2"] == pytest.approx((F - B) ** 2 / 0.6)
+    assert out["rms"] == pytest.approx(abs(F - B)) and arr["var"][0] == pytest.approx(0.6)
 
 
 def test_hodge_gradient_curl_and_mixture():
     f, g = np.array([0, 1, 0]), np.array([1, 2, 2])
     phi = np.array([0.3, -1.0, 2.0])
-    assert hodge(3, f, g, phi[f] - phi[g])["gradient_fraction"] == pytest.approx(1.0)
+    assert hodge(3, f, g, phi[f] - phi[g])[0]["gradient_fraction"] == pytest.approx(1.0)
     curl = np.array([1.0, 1.0, -1.0])                      # 0->1->2->0 circulation
-    assert hodge(3, f, g, curl)["gradient_fraction"] == pytest.approx(0.0, abs=1e-12)
+    assert hodge(3, f, g, curl)[0]["gradient_fraction"] == pytest.approx(0.0, abs=1e-12)
     X = phi[f] - phi[g] + curl                             # orthogonal parts add in squares
     grad2 = np.sum((phi[f] - phi[g]) ** 2)
-    assert hodge(3, f, g, X)["gradient_fraction"] == pytest.approx(grad2 / (grad2 + 3))
-    assert hodge(3, f, g, X)["cycle_rank"] == 1
+    out, resid = hodge(3, f, g, X)
+    assert out["gradient_fraction"] == pytest.approx(grad2 / (grad2 + 3))
+    assert out["cycle_rank"] == 1
+    np.testing.assert_allclose(resid, curl, atol=1e-12)    # the residual is the curl part
 
 
 def test_entropy_production_of_a_driven_ring():

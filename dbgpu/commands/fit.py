@@ -103,15 +103,15 @@ def fit_input(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, reje
     kernels always use w = T. Raises DbgpuError on bad input, before writing anything.
     """
     from dbgpu.data import make_edges, read_input
-    from dbgpu.devices import resolve_device
     from dbgpu.fit import fit_potential
+    from dbgpu.graph import analysis_device
     from dbgpu.stats import detailed_balance_stats
 
     t0 = time.perf_counter()
-    dev = str(resolve_device(device))
+    dev = analysis_device(device)
     data = read_input(input_path)
     edges = make_edges(data, weights=weights or "paper", reject=reject, threshold=threshold)
-    fit = fit_potential(len(edges.states), edges.src, edges.dst, edges.w, device=dev, method=method)
+    fit = fit_potential(len(edges.states), edges.src, edges.dst, log_w=edges.log_w, device=dev, method=method)
     main = fit.components.label == 0
     if fit.components.size[0] == 1:
         warnings.warn("no two states reach each other both ways: every potential is unbounded "
