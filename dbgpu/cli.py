@@ -138,8 +138,18 @@ def _add_fit(sub) -> None:
     p.add_argument("--method", choices=("newton", "lbfgs"), default="newton",
                    help="optimiser (default newton: Newton-CG on the graph Laplacian)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="CPU threads for torch (default 0: torch's default); 1 is fastest on a "
-                        "machine whose cores are busy with other work")
+                   help="CPU threads for the linear algebra (default 0: the libraries' default); 1 is "
+                        "fastest on a machine whose cores are busy with other work")
+    g = p.add_argument_group("error bars and null distributions (sampled inputs)")
+    g.add_argument("--laplace", action="store_true",
+                   help="sigma of V from the inverse Fisher information (needs --weights counts)")
+    g.add_argument("--bootstrap", type=int, default=0, metavar="B",
+                   help="sigma of V from B bootstrap replicates over queries (any weights)")
+    g.add_argument("--null", type=int, default=0, metavar="B",
+                   help="each statistic's distribution under detailed balance from B replicates "
+                        "resampled from the fitted reversible kernel: mean, sd, p-value")
+    g.add_argument("--seed", type=int, default=0, help="seed of the resampling and of the loop sample (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fit)
 
 
@@ -151,14 +161,13 @@ def _cmd_fit(args) -> int:
 
     if args.threads < 0:
         raise DbgpuError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)   # this process only
+    _thread_limit(args.threads)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stats = fit_input(args.input, args.out, reject=args.reject, threshold=args.threshold,
-                          weights=args.weights, device=args.device, method=args.method)
+                          weights=args.weights, device=args.device, method=args.method,
+                          laplace=args.laplace, bootstrap=args.bootstrap, null=args.null, seed=args.seed,
+                          progress=not args.quiet)
     for w in caught:
         print(f"dbgpu fit: warning: {w.message}", file=sys.stderr)
     pw, comp = stats["pairwise"], stats["components"]
@@ -166,8 +175,29 @@ def _cmd_fit(args) -> int:
           f"{comp['main_size']} states ({comp['count']} components); action "
           f"{stats['action']:.6g}; pairwise r {fmt(pw['r'])}, slope {fmt(pw['slope'])}; "
           f"Hodge gradient fraction {fmt(stats['hodge']['gradient_fraction'])}")
-    print(f"wrote {args.out}/potential.json, stats.json, fit_points.npz")
+    if stats.get("null"):
+        print("null (detailed balance, " + str(stats["null"]["replicates"]) + " replicates): "
+              + "; ".join(f"{k} p = {fmt(v['p_value'], '.3g')}" for k, v in stats["null"]["statistics"].items()))
+    files = ["potential.json", "stats.json", "fit_points.npz"]
+    if stats["uncertainty"]["method"]:
+        files.append("uncertainty.json")
+    print(f"wrote {args.out}/" + ", ".join(files))
     return 0
+
+
+def _thread_limit(threads: int) -> None:
+    """Limit this process's BLAS / OpenMP threads (numpy, scipy; torch when loaded) to
+    `threads`; 0 leaves them alone. BLAS reads its thread count when numpy loads, which in
+    the command line happens after this (the handlers import lazily)."""
+    if not threads:
+        return
+    import os
+
+    if "numpy" not in sys.modules:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def _add_report(sub) -> None:

@@ -423,3 +423,47 @@ def mutual_pairs(n: int, src: np.ndarray, dst: np.ndarray):
     e_fg = np.flatnonzero(has)
     e_gf = pos[has] if order is None else order[pos[has]]
     return e_fg, e_gf                                          # (P,), (P,)
+
+
+# --------------------------------------------------------------------------- many right-hand sides
+
+
+def laplacian_matrix(n: int, src, dst, c) -> sp.csr_matrix:
+    """L(c) = B diag(c) B^T as a scipy CSR matrix (n x n): O(n + E) memory."""
+    src = np.asarray(src, np.int64)
+    dst = np.asarray(dst, np.int64)
+    c = np.asarray(c, np.float64)
+    deg = np.bincount(src, c, minlength=n) + np.bincount(dst, c, minlength=n)
+    rows = np.r_[src, dst, np.arange(n)]
+    cols = np.r_[dst, src, np.arange(n)]
+    return sp.csr_matrix((np.r_[-c, -c, deg], (rows, cols)), shape=(n, n))
+
+
+def laplacian_solve_many(L: sp.csr_matrix, B: np.ndarray, *, rtol: float = 1e-8,
+                         maxiter: int | None = None) -> np.ndarray:
+    """X (n, k) with L X = B for a connected graph's Laplacian L (CSR) and k right-hand
+    sides at once (each column projected onto the range, i.e. zero sum; X zero mean):
+    Jacobi-preconditioned CG run column by column in step, one sparse matrix times
+    (n, k) block per iteration. CPU (scipy); O(n k + E) memory."""
+    n = L.shape[0]
+    diag = np.maximum(L.diagonal(), np.finfo(np.float64).tiny)[:, None]
+    B = B - B.mean(0)
+    X = np.zeros_like(B)
+    R = B.copy()
+    Z = R / diag
+    P = Z.copy()
+    rz = np.einsum("ij,ij->j", R, Z)
+    stop = rtol * np.linalg.norm(B, axis=0)
+    for _ in range(maxiter or max(1000, 10 * n)):
+        AP = L @ P
+        pap = np.einsum("ij,ij->j", P, AP)
+        alpha = np.divide(rz, pap, out=np.zeros_like(rz), where=pap > 0)
+        X += alpha * P
+        R -= alpha * AP
+        if np.all(np.linalg.norm(R, axis=0) <= stop):
+            break
+        Z = R / diag
+        rz_new = np.einsum("ij,ij->j", R, Z)
+        P = Z + np.divide(rz_new, rz, out=np.zeros_like(rz), where=rz > 0) * P
+        rz = rz_new
+    return X - X.mean(0)

@@ -1,14 +1,31 @@
-"""Files in and out: atomic writers, and readers that turn every fault into one line.
+"""Files in and out: atomic writers, manifests, and readers that turn every fault into one line.
 
 Every writer goes to a temporary file in the destination's directory, flushes and
 fsyncs it, then renames it over the destination (atomic on POSIX), so a reader never
 sees a half-written output file. Every reader raises `DbgpuError` naming the file and
 the problem.
+
+Whole or absent: a command's outputs in a directory are vouched for by a manifest
+written last. `manifest.json` holds one section per command that wrote into the
+directory (score, fit, report, compare): `begin_outputs` marks the section incomplete
+(and marks stale the sections that derive from it: a new score makes an old fit and
+report there stale) before the first file is written; `finish_outputs` records every
+file's size and SHA-256 and marks it complete; `check_outputs`, called by every reader,
+refuses a section that is incomplete, stale, or whose files have changed since. So a
+crash half-way leaves a directory that no dbgpu command will read as finished, and
+several commands can share one directory (`dbgpu run` writes score, fit and report into
+one; a later change adds resumable row shards to score directories: files a manifest
+does not list are allowed). Outputs no dbgpu command ever vouched for (no manifest, or
+no section for that command: written by hand or by an older dbgpu) are read as they
+are. Chosen over building in a temporary sibling and renaming it into place because
+that cannot let a second command add its files to a directory another one made.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as _dt
+import hashlib
 import io
 import json
 import math
@@ -78,6 +95,91 @@ def write_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     write_bytes_atomic(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- manifests
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "dbgpu-manifest-1"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_manifest(out: Path) -> dict | None:
+    f = out / MANIFEST
+    if not f.exists():
+        return None
+    m = read_json(f, what="manifest")
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("outputs"), dict):
+        raise DbgpuError(f"{f} is not a dbgpu manifest")
+    return m
+
+
+def begin_outputs(path: str | os.PathLike, command: str, *, invalidates: tuple[str, ...] = ()) -> Path:
+    """Create the directory if needed and mark `command`'s outputs there as being written
+    (incomplete until `finish_outputs`); the sections named in `invalidates` (outputs
+    derived from these) are marked stale."""
+    out = ensure_out_dir(path)
+    m = _read_manifest(out) or {"format": MANIFEST_FORMAT, "outputs": {}}
+    for c in invalidates:
+        m["outputs"][c] = {"complete": False, "stale": f"`dbgpu {command}` rewrote its input at {_now()}"}
+    m["outputs"][command] = {"complete": False, "started": _now()}
+    write_json_atomic(out / MANIFEST, m)
+    return out
+
+
+def finish_outputs(path: str | os.PathLike, command: str, files: list[str], **extra) -> None:
+    """Record `files` (names in the directory) with their size and SHA-256 and mark
+    `command`'s outputs complete: the last write of a command."""
+    from dbgpu.version import __version__
+
+    out = Path(path)
+    m = _read_manifest(out) or {"format": MANIFEST_FORMAT, "outputs": {}}
+    started = m["outputs"].get(command, {}).get("started")
+    m["outputs"][command] = {
+        "complete": True, "started": started, "finished": _now(), "dbgpu_version": __version__,
+        "files": {name: {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
+                  for name in files},
+        **extra,
+    }
+    write_json_atomic(out / MANIFEST, m)
+
+
+def check_outputs(path: str | os.PathLike, command: str, *, verify: bool = True) -> dict | None:
+    """The manifest section of `command` in `path` if it is complete and its files are as
+    written (size and SHA-256; `verify=False`: size only); None if no dbgpu command of
+    that name ever wrote there (no manifest, or no section: files made by hand or by an
+    older dbgpu are read as they are). Raises DbgpuError naming what is wrong otherwise:
+    interrupted, stale, or changed since."""
+    out = Path(path)
+    m = _read_manifest(out)
+    sec = None if m is None else m["outputs"].get(command)
+    if sec is None:
+        return None
+    if sec.get("stale"):
+        raise DbgpuError(f"{out}: the `dbgpu {command}` output there is stale ({sec['stale']}): "
+                         f"run `dbgpu {command}` again")
+    if not sec.get("complete"):
+        raise DbgpuError(f"{out}: `dbgpu {command}` did not finish writing there (interrupted?): "
+                         f"run it again")
+    for name, rec in sec.get("files", {}).items():
+        f = out / name
+        if not f.is_file():
+            raise DbgpuError(f"{f} is missing (listed in {out / MANIFEST})")
+        if f.stat().st_size != rec["bytes"] or (verify and file_sha256(f) != rec["sha256"]):
+            raise DbgpuError(f"{f} changed after `dbgpu {command}` wrote it (its size or SHA-256 "
+                             f"differs from {out / MANIFEST})")
+    return sec
 
 
 def read_json(path: str | os.PathLike, *, what: str = "file"):
