@@ -52,7 +52,8 @@ import numpy as np
 
 from dbgpu.errors import DbgpuError
 from dbgpu.graph import (Components, Incidence, analysis_device, center, divergence, edge_diff, from_device,
-                         in_sum, incidence, ops, out_sum, pcg, prepare, strong_components, to_device)
+                         in_sum, incidence, laplacian_matvec, ops, out_sum, pcg, prepare, strong_components,
+                         to_device)
 
 TINY = np.finfo(np.float64).tiny
 
@@ -146,11 +147,10 @@ def _newton(inc, w, offset, deg, V, *, tol, max_iter, max_cg):
         if gmax <= tol or it == max_iter:
             break
         ce = c + (0.25 * lam) * w if lam else c                   # (E,) damped curvatures
-        diag = o.clamp_min(out_sum(inc, ce) + in_sum(inc, ce), TINY)
+        matvec, diag = laplacian_matvec(inc, ce)
         eta = min(0.5, math.sqrt(gmax))                           # forcing term
-        p, k = pcg(lambda v: divergence(inc, ce * edge_diff(inc, v)), -g, diag, inc,
-                   rtol=eta, maxiter=max_cg)
-        del ce
+        p, k = pcg(matvec, -g, o.clamp_min(diag, TINY), inc, rtol=eta, maxiter=max_cg)
+        del ce, matvec
         cg_total += k
         dp = edge_diff(inc, p)                                    # (E,)
         pred = -(o.dot(g, p) + 0.5 * o.dot(c * dp, dp))           # model decrease

@@ -71,13 +71,15 @@ def analysis_device(device=None) -> str:
 class Incidence:
     """Edges on a device, with the fixed orders that make node sums deterministic.
 
-    numpy (CPU): src/dst in any order. torch (CUDA): src non-decreasing, plus the
-    segment lengths and the dst order that `segment_reduce` needs."""
+    numpy (CPU): src/dst in any order; when src is sorted, `out_len` and `indptr` give the
+    fast paths (edge_diff by `repeat`, the Laplacian as a CSR matrix). torch (CUDA): src
+    non-decreasing, plus the segment lengths and the dst order that `segment_reduce` needs."""
 
     n: int
     src: object              # (E,) int64 ndarray or tensor
     dst: object              # (E,) int64
-    out_len: object = None   # torch only: (n,) edges leaving each node
+    out_len: object = None   # (n,) edges leaving each node (torch; numpy when src is sorted)
+    indptr: object = None    # numpy with src sorted: (n + 1,) CSR row pointers
     in_perm: object = None   # torch only: (E,) edge order sorted by dst
     in_len: object = None    # torch only: (n,) edges entering each node
     piece: object = None     # numpy: (n,) weakly connected piece of each node (for `center`)
@@ -98,7 +100,12 @@ def incidence(n: int, src: np.ndarray, dst: np.ndarray, device="cpu", *, piece=N
     piece = np.zeros(n, np.int64) if piece is None else np.asarray(piece, np.int64)
     piece_len = np.bincount(piece).astype(np.int64) if n else np.zeros(0, np.int64)
     if (backend or ("numpy" if str(device) == "cpu" else "torch")) == "numpy":
-        return Incidence(n=n, src=src, dst=dst, piece=piece, piece_len=piece_len)
+        if len(src) and np.any(src[1:] < src[:-1]):
+            return Incidence(n=n, src=src, dst=dst, piece=piece, piece_len=piece_len)
+        out_len = np.bincount(src, minlength=n)
+        indptr = np.zeros(n + 1, np.int64)
+        np.cumsum(out_len, out=indptr[1:])
+        return Incidence(n=n, src=src, dst=dst, out_len=out_len, indptr=indptr, piece=piece, piece_len=piece_len)
     import torch
 
     if len(src) and np.any(np.diff(src) < 0):
@@ -137,7 +144,9 @@ def divergence(inc: Incidence, y):
 def edge_diff(inc: Incidence, v):
     """(E,) B^T v = v[src] - v[dst]."""
     if not inc.is_torch:
-        return np.take(v, inc.src) - np.take(v, inc.dst)
+        head = np.take(v, inc.src) if inc.out_len is None else np.repeat(v, inc.out_len)
+        head -= np.take(v, inc.dst)
+        return head
     import torch
 
     return torch.index_select(v, 0, inc.src) - torch.index_select(v, 0, inc.dst)
@@ -152,6 +161,18 @@ def center(inc: Incidence, v):
 
     mean = torch.segment_reduce(v, "sum", lengths=inc.piece_len) / inc.piece_len
     return v - torch.repeat_interleave(mean, inc.piece_len)
+
+
+def laplacian_matvec(inc: Incidence, c):
+    """(v -> L(c) v, diagonal of L(c)) for edge weights c (E,): L(c) = B diag(c) B^T.
+    numpy with sorted sources: one CSR matrix C (data c) and `deg v - C v - C^T v`, two
+    sparse products per call; otherwise B (c * B^T v) from node sums. O(E) per call."""
+    diag = out_sum(inc, c) + in_sum(inc, c)
+    if inc.is_torch or inc.indptr is None:
+        return (lambda v: divergence(inc, c * edge_diff(inc, v))), diag
+    C = sp.csr_matrix((c, inc.dst, inc.indptr), shape=(inc.n, inc.n))
+    CT = C.T                                                   # CSC view: no copy
+    return (lambda v: diag * v - C @ v - CT @ v), diag
 
 
 # --------------------------------------------------------------------------- elementwise
@@ -177,11 +198,13 @@ class _NumpyOps:
 
     @staticmethod
     def norm(x) -> float:
-        return float(np.sqrt(np.dot(x, x)))
+        return float(np.sqrt(np.einsum("i,i->", x, x)))
 
     @staticmethod
     def dot(x, y) -> float:
-        return float(np.dot(x, y))
+        # einsum, not BLAS ddot: a threaded ddot costs milliseconds of start-up per call
+        # when the cores are shared, 30x a plain loop on 200,000 numbers
+        return float(np.einsum("i,i->", x, y))
 
     @staticmethod
     def clamp_min(x, v):
@@ -350,15 +373,18 @@ def pcg(matvec, b, diag, inc: Incidence, *, rtol: float, maxiter: int):
 def prepare(n: int, src, dst, device="cpu", *, backend: str | None = None):
     """The incidence of the edges, with the weakly connected pieces that `center` uses.
 
-    numpy (CPU): the caller's node and edge order (new and order None). torch (CUDA, or
-    backend="torch"): nodes renumbered piece by piece (contiguous ranges) and edges
-    sorted by source. Returns (incidence, new index of each old node (n,) or None, edge
+    numpy (CPU): the caller's node order (new None) and edges sorted by source (order None
+    when they come sorted). torch (CUDA, or backend="torch"): nodes renumbered piece by
+    piece (contiguous ranges) and edges sorted by source. Returns (incidence, new index of each old node (n,) or None, edge
     order (E,) or None)."""
     src0 = np.asarray(src, np.int64)
     dst0 = np.asarray(dst, np.int64)
     _, piece = connected_components(sp.csr_matrix((np.ones(len(src0), np.int8), (src0, dst0)), shape=(n, n)),
                                     directed=True, connection="weak")
     if (backend or ("numpy" if device == "cpu" else "torch")) == "numpy":
+        if len(src0) and np.any(src0[1:] < src0[:-1]):             # sources sorted: the fast paths
+            order = np.argsort(src0, kind="stable")
+            return incidence(n, src0[order], dst0[order], "cpu", piece=piece), None, order
         return incidence(n, src0, dst0, "cpu", piece=piece), None, None
     perm = np.argsort(piece, kind="stable")                        # new -> old node
     new = np.empty(n, np.int64)
@@ -396,9 +422,9 @@ def laplacian_solve(n: int, src, dst, c, b, *, device="cpu", rtol: float = 1e-12
     if new is not None:
         bb = bb[np.argsort(new)]
     bt = to_device(inc, bb)
-    diag = ops(inc).clamp_min(out_sum(inc, ct) + in_sum(inc, ct), np.finfo(np.float64).tiny)
-    x, _ = pcg(lambda v: divergence(inc, ct * edge_diff(inc, v)), bt, diag, inc,
-               rtol=rtol, maxiter=maxiter or max(1000, 10 * n))
+    matvec, diag = laplacian_matvec(inc, ct)
+    diag = ops(inc).clamp_min(diag, np.finfo(np.float64).tiny)
+    x, _ = pcg(matvec, bt, diag, inc, rtol=rtol, maxiter=maxiter or max(1000, 10 * n))
     return from_device(inc, center(inc, x), new)
 
 
@@ -407,17 +433,28 @@ def laplacian_solve(n: int, src, dst, c, b, *, device="cpu", rtol: float = 1e-12
 
 def mutual_pairs(n: int, src: np.ndarray, dst: np.ndarray):
     """Edges whose reverse exists: (e_fg, e_gf) edge indices with src[e_fg] < dst[e_fg].
-    O(E) memory; O(E) time when the edges come sorted by (src, dst), else O(E log E)."""
+
+    Dense graphs (n^2 <= 16 E): an (n, n) table of edge indices, O(n^2) memory and O(E)
+    time. Otherwise the reversed keys are sorted and matched against the sorted keys in
+    one sequential pass: O(E log E) time, O(E) memory."""
+    E = len(src)
+    if E == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    if n * n <= 16 * E:
+        table = np.full(n * n, -1, np.int32 if E < 2 ** 31 else np.int64)
+        table[src * n + dst] = np.arange(E, dtype=table.dtype)
+        rev = table[dst * n + src]                                # (E,) index of the reverse, or -1
+        del table
+        e_fg = np.flatnonzero((rev >= 0) & (src < dst))
+        return e_fg, rev[e_fg].astype(np.int64)
     key = src * n + dst                                        # (E,)
-    if len(key) > 1 and np.all(key[1:] > key[:-1]):
-        order, skey = None, key
-    else:
-        order = np.argsort(key, kind="stable")
-        skey = key[order]
+    order = None if np.all(key[1:] > key[:-1]) else np.argsort(key)
+    skey = key if order is None else key[order]
     del key
     rev = dst * n + src
-    pos = np.searchsorted(skey, rev)
-    np.minimum(pos, len(skey) - 1, out=pos)
+    r_order = np.argsort(rev)
+    pos = np.empty(E, np.int64)
+    pos[r_order] = np.minimum(np.searchsorted(skey, rev[r_order]), E - 1)   # sorted queries: one pass
     has = (skey[pos] == rev) & (src < dst)
     del rev
     e_fg = np.flatnonzero(has)
@@ -453,14 +490,14 @@ def laplacian_solve_many(L: sp.csr_matrix, B: np.ndarray, *, rtol: float = 1e-8,
     Z = R / diag
     P = Z.copy()
     rz = np.einsum("ij,ij->j", R, Z)
-    stop = rtol * np.linalg.norm(B, axis=0)
+    stop = rtol * np.sqrt(np.einsum("ij,ij->j", B, B))
     for _ in range(maxiter or max(1000, 10 * n)):
         AP = L @ P
         pap = np.einsum("ij,ij->j", P, AP)
         alpha = np.divide(rz, pap, out=np.zeros_like(rz), where=pap > 0)
         X += alpha * P
         R -= alpha * AP
-        if np.all(np.linalg.norm(R, axis=0) <= stop):
+        if np.all(np.sqrt(np.einsum("ij,ij->j", R, R)) <= stop):
             break
         Z = R / diag
         rz_new = np.einsum("ij,ij->j", R, Z)

@@ -420,7 +420,7 @@ def plot_db_index(summaries: list[dict], out: Path) -> None:
     save_figure(fig, out, "db_index")
 
 
-def compare_markdown(summaries: list[dict], rows: list[dict]) -> str:
+def compare_markdown(summaries: list[dict], rows: list[dict], spread: dict | None = None) -> str:
     lines = ["# dbgpu compare", "", "## Runs", "",
              "| run | bounded | Hodge gradient fraction | pairwise r | beta | loops RMS | mean coverage | "
              "mean self | score s | pairs/s | device |",
@@ -443,5 +443,13 @@ def compare_markdown(summaries: list[dict], rows: list[dict]) -> str:
                      f"{fmt(r['spearman_V'], '.3f')} | {fmt(r['slope_V'], '.3f')} | "
                      f"{fmt(r['pearson_logratio'], '.3f')} | "
                      f"{fmt(r['rms_logratio'], '.3f')} |")
+    if spread and spread.get("rows"):
+        scale = ", ".join(f"{lab} {fmt(a, '.3f')}" for lab, a in zip(spread["runs"], spread["scale"]))
+        lines += ["", "## Spread of V across the runs (the error of an exact kernel's V)", "",
+                  f"On the {spread['states']} states bounded in every run: each run's V re-centred there, "
+                  f"then divided by its least-squares scale onto the runs' mean profile ({scale}). Median sd "
+                  f"across runs: {fmt(spread['median_sd'], '.3g')} after gauge and scale, "
+                  f"{fmt(spread['median_sd_gauge'], '.3g')} after the gauge alone. Per state: spread.csv; "
+                  "uncertainty.json holds the gauge-and-scale sd.", ""]
     lines += ["", "![potentials](potentials.png)", "", "![detailed-balance index](db_index.png)", ""]
     return "\n".join(lines)

@@ -473,11 +473,12 @@ def row_log_normalise(n: int, src: np.ndarray, log_w: np.ndarray):
 
 def entropy_production(n: int, src: np.ndarray, dst: np.ndarray, w: np.ndarray | None = None, *,
                        log_w: np.ndarray | None = None, guess_V: np.ndarray | None = None,
-                       device: str = "cpu") -> dict:
+                       pairs: tuple | None = None, device: str = "cpu") -> dict:
     """Entropy production (nats per jump) of the jump chain of w (or log w) on n states.
 
     The graph (src, dst) must be strongly connected on its n states, without self edges.
-    `guess_V` (n,), a fitted potential, warm-starts the stationary solve. O(E) memory.
+    `guess_V` (n,), a fitted potential, warm-starts the stationary solve; `pairs`, the
+    graph's `mutual_pairs` when the caller has them. O(E) memory.
     """
     if log_w is None:
         log_w = np.log(np.asarray(w, np.float64))
@@ -489,7 +490,7 @@ def entropy_production(n: int, src: np.ndarray, dst: np.ndarray, w: np.ndarray |
         guess = np.exp(lg - lg.max())
     pi, resid = stationary(n, src, dst, p, guess=guess, device=device)
     J = pi[src] * p                                            # (E,) stationary flux
-    e_fg, e_gf = mutual_pairs(n, src, dst)
+    e_fg, e_gf = mutual_pairs(n, src, dst) if pairs is None else pairs
     with np.errstate(divide="ignore", invalid="ignore"):
         log_pi = np.log(pi)
         lf = log_pi[src[e_fg]] + log_p[e_fg]
@@ -596,7 +597,7 @@ def components_summary(states, comps, kept) -> dict:
 # --------------------------------------------------------------------------- all of them
 
 
-def _entropy_and_reversibility(edges, fit, *, device, reversibility: bool):
+def _entropy_and_reversibility(edges, fit, e_fg, e_gf, *, device, reversibility: bool):
     n = len(edges.states)
     main = fit.components.label == 0
     mi = np.flatnonzero(main)
@@ -607,7 +608,10 @@ def _entropy_and_reversibility(edges, fit, *, device, reversibility: bool):
     local[mi] = np.arange(len(mi))
     me = main[edges.src] & main[edges.dst]
     s, d = local[edges.src[me]], local[edges.dst[me]]
-    ep = entropy_production(len(mi), s, d, log_w=edges.log_w[me], guess_V=fit.V[mi], device=device)
+    renum = np.cumsum(me) - 1                                   # edge index -> index among main edges
+    keep = me[e_fg] & me[e_gf]
+    ep = entropy_production(len(mi), s, d, log_w=edges.log_w[me], guess_V=fit.V[mi], device=device,
+                            pairs=(renum[e_fg[keep]], renum[e_gf[keep]]))
     rev = None
     if reversibility and edges.count is not None:
         rev = reversibility_test(len(mi), s, d, edges.count[me], edges.visits[mi], V0=fit.V[mi],
@@ -638,7 +642,7 @@ def detailed_balance_stats(edges, fit, *, device: str = "cpu", points: bool = Tr
     hd, R = hodge(n, f, g, X, device=device)
     lp, loop_arrays = loops(n, f, g, lw[e_fg], lw[e_gf], var, residual=R, seed=seed, device=device,
                             points=points)
-    ep, rev = _entropy_and_reversibility(edges, fit, device=device, reversibility=reversibility)
+    ep, rev = _entropy_and_reversibility(edges, fit, e_fg, e_gf, device=device, reversibility=reversibility)
     stats = {"pairwise": pw, "loops": lp, "hodge": hd, "entropy_production": ep,
              "reversibility": rev}
     arrays = {}
