@@ -193,15 +193,16 @@ def _lbfgs(inc, w, offset, deg, V0, *, tol, max_iter):
 
 
 def minimise_action(n: int, src, dst, w, *, offset=None, V0=None, device="cpu", method="newton",
-                    tol=1e-12, max_iter=None):
+                    tol=1e-12, max_iter=None, backend: str | None = None):
     """Minimise sum(w K(V_src - V_dst + offset)) on a graph whose weakly connected pieces
     are all strongly connected (bounded problem), from V0 (default 0). Returns (V (n,)
     numpy, unnormalised minimum, info dict). V has zero mean over each weakly connected
-    piece. O(E) memory; numpy on the CPU, torch on CUDA (and for method "lbfgs")."""
+    piece. O(E) memory; numpy on the CPU, torch on CUDA (and for method "lbfgs", or with
+    backend="torch": the CUDA code path on any device)."""
     dev = analysis_device(device)
     if method not in ("newton", "lbfgs"):
         raise DbgpuError(f"unknown fit method {method!r} (expected newton or lbfgs)")
-    backend = "torch" if method == "lbfgs" else None
+    backend = "torch" if method == "lbfgs" else backend
     inc, new, order = prepare(n, src, dst, dev, backend=backend)
     w = np.asarray(w, np.float64)
     w_scale = float(w.mean()) if len(w) else 1.0                  # optimise w / mean(w)

@@ -207,10 +207,11 @@ def _moments_complete(m: int, fi, gi, R, var) -> dict:
             "sum_var": None if var is None else float((m - 2) * var.sum())}
 
 
-def _moments_dense(m: int, fi, gi, R, var, *, device: str = "cpu") -> dict:
+def _moments_dense(m: int, fi, gi, R, var, *, device: str = "cpu", backend: str | None = None) -> dict:
     """Loop moments by matrix products in row blocks: A (float32, exact), Y and S
-    (float64) m x m each; O(m^3) flops, O(m^2) memory (numpy on CPU, torch on CUDA)."""
-    if device == "cpu":
+    (float64) m x m each; O(m^3) flops, O(m^2) memory (numpy on CPU, torch on CUDA or
+    with backend="torch")."""
+    if (backend or ("numpy" if device == "cpu" else "torch")) == "numpy":
         xp, new = np, (lambda dt: np.zeros((m, m), dt))
         idx = (fi, gi), (gi, fi)
         f64 = {"dtype": np.float64}
