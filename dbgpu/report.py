@@ -91,10 +91,12 @@ def _with_null(text: str, stats: dict, name: str) -> str:
     return f"{text}  ({extra})" if extra else text
 
 
-def _points(ax, x, y, var, *, n: int, color: str, label_err: str, label: str) -> None:
+def _points(ax, x, y, var, *, n: int, color: str, label_err: str, label: str, xvar=None) -> None:
     """Error bars for up to 300 items with variances; else a scatter, thinner past 2000."""
-    if len(var) and n <= 300:
-        ax.errorbar(x, y, yerr=np.sqrt(var), fmt="o", ms=3, lw=0.6, color=color, alpha=0.7, label=label_err)
+    if (len(var) or xvar is not None) and n <= 300:
+        ax.errorbar(x, y, yerr=np.sqrt(var) if len(var) else None,
+                    xerr=None if xvar is None else np.sqrt(xvar), fmt="o", ms=3, lw=0.6, color=color,
+                    alpha=0.7, label=label_err)
     else:
         ax.scatter(x, y, s=6 if n > 2000 else 14, alpha=0.35 if n > 2000 else 0.7, color=color, lw=0,
                    label=label)
@@ -108,8 +110,14 @@ def plot_scatter(pts, stats, out: Path) -> None:
         _empty(ax, "no pair of main-component states with transitions both ways")
     else:
         xx, yy = np.r_[y, -y], np.r_[x, -x]                    # both orientations
+        sig = pts.get("sigma")
+        xvar = None
+        if sig is not None and "pair_f" in pts and np.isfinite(sig).any():
+            d = sig[pts["pair_f"]] ** 2 + sig[pts["pair_g"]] ** 2  # sigma of V(f) - V(g), covariance left out
+            xvar = np.r_[d, d]
         _points(ax, xx, yy, np.r_[var, var] if len(var) else var, n=len(x), color="C0",
-                label_err="pairs (±1σ)", label="pairs")
+                label_err="pairs (±1σ" + (", x: σ of V(f) − V(g) without covariance)" if xvar is not None else ")"),
+                label="pairs", xvar=xvar)
         lim = float(np.max(np.abs(np.r_[xx, yy]))) * 1.08 or 1.0
         t = np.array([-lim, lim])
         ax.plot(t, t, ls=":", color="0.5", lw=1, label="slope 1")

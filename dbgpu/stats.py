@@ -414,18 +414,41 @@ def _power_torch(n, src, dst, p, pi, tol, max_iter, dev):
     return pi_t.cpu().numpy()
 
 
+def _dot(x, y) -> float:
+    return float(np.einsum("i,i->", x, y))                     # not BLAS: see dbgpu.graph.ops
+
+
 def _krylov_cpu(PT, guess, tol, max_iter):
     """pi from (I - P^T + 1 1^T / n) pi = 1 / n (non-singular for an irreducible chain)
-    by BiCGSTAB; None if it does not converge."""
-    from scipy.sparse.linalg import LinearOperator, bicgstab
-
+    by BiCGSTAB from `guess`; None if it breaks down or does not converge. Two sparse
+    products per iteration."""
     n = PT.shape[0]
-    A = LinearOperator((n, n), matvec=lambda x: x - PT @ x + x.sum() / n, dtype=np.float64)
-    x, info = bicgstab(A, np.full(n, 1.0 / n), x0=guess, rtol=min(tol, 1e-12), atol=0.0,
-                       maxiter=max_iter)
-    if info != 0 or not np.all(np.isfinite(x)):
-        return None
-    return x
+    A = lambda x: x - PT @ x + x.sum() / n  # noqa: E731
+    b = np.full(n, 1.0 / n)
+    x = guess.astype(np.float64).copy()
+    r = b - A(x)
+    r0, p, v = r.copy(), np.zeros(n), np.zeros(n)
+    rho = alpha = omega = 1.0
+    stop = min(tol, 1e-12) * np.sqrt(_dot(b, b))
+    for _ in range(max_iter):
+        rho_new = _dot(r0, r)
+        if rho_new == 0 or omega == 0:
+            return None
+        p = r + (rho_new / rho) * (alpha / omega) * (p - omega * v)
+        v = A(p)
+        alpha = rho_new / _dot(r0, v)
+        s_ = r - alpha * v
+        if np.sqrt(_dot(s_, s_)) <= stop:
+            return x + alpha * p
+        t = A(s_)
+        tt = _dot(t, t)
+        omega = _dot(t, s_) / tt if tt > 0 else 0.0
+        x = x + alpha * p + omega * s_
+        r = s_ - omega * t
+        rho = rho_new
+        if np.sqrt(_dot(r, r)) <= stop:
+            return x if np.all(np.isfinite(x)) else None
+    return None
 
 
 def stationary(n: int, src: np.ndarray, dst: np.ndarray, p: np.ndarray, *,
@@ -649,6 +672,7 @@ def detailed_balance_stats(edges, fit, *, device: str = "cpu", points: bool = Tr
     arrays = {}
     if points:
         arrays = {"pair_x": x, "pair_dV": y, "pair_var": pv if pv is not None else np.zeros(0),
+                  "pair_f": f[main_pair], "pair_g": g[main_pair],
                   "loop_forward": loop_arrays["forward"], "loop_backward": loop_arrays["backward"],
                   "loop_var": loop_arrays.get("var", np.zeros(0))}
     return stats, arrays

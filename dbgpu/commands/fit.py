@@ -214,7 +214,7 @@ def fit_input(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, reje
     potential = {s: (None if not main[i] else float(fit.V[i])) for i, s in enumerate(edges.states)}
     sig = None if sigma is None else {s: (float(x) if math.isfinite(x) else None)
                                       for s, x in zip(edges.states, sigma)}
-    arrays = _thin(arrays, ("pair_x", "pair_dV", "pair_var"), MAX_POINTS)
+    arrays = _thin(arrays, ("pair_x", "pair_dV", "pair_var", "pair_f", "pair_g"), MAX_POINTS)
     points = {**arrays, **_graph_points(edges, fit), "V": fit.V, "states": np.array(edges.states, dtype=str),
               "sigma": np.full(len(edges.states), np.nan) if sigma is None else sigma}
     _write_outputs(out_dir, potential=potential, stats=stats, points=points, sigma=sig)
