@@ -127,7 +127,7 @@ def hessian_vector(V, v, src, dst, w, *, n_src: int | None = None) -> np.ndarray
 # --------------------------------------------------------------------------- optimisers
 
 
-def _newton(inc, w, offset, deg, V, *, tol, max_iter, max_cg):
+def _newton(inc, w, offset, deg, V, *, tol, max_iter, max_cg, lam: float = 1.0):
     """Damped (Levenberg–Marquardt) Newton–CG on the Laplacian structure, from V.
 
     Each step solves L(c + lam w/4) p = -g by PCG, where L(c) is the Hessian (edge
@@ -139,8 +139,14 @@ def _newton(inc, w, offset, deg, V, *, tol, max_iter, max_cg):
     rounding even at the optimum.
     """
     o = ops(inc)
+    if not inc.is_torch:                      # a bad trial step overflows expm1: it is rejected
+        with np.errstate(over="ignore", invalid="ignore"):
+            return _newton_loop(inc, w, offset, deg, V, o, tol=tol, max_iter=max_iter, max_cg=max_cg, lam=lam)
+    return _newton_loop(inc, w, offset, deg, V, o, tol=tol, max_iter=max_iter, max_cg=max_cg, lam=lam)
+
+
+def _newton_loop(inc, w, offset, deg, V, o, *, tol, max_iter, max_cg, lam):
     g, c, s = _terms(inc, V, w, offset)
-    lam = 1.0
     it, cg_total, gmax = 0, 0, float("inf")
     for it in range(max_iter + 1):
         gmax = float((abs(g) / deg).max()) if inc.n else 0.0
@@ -193,11 +199,12 @@ def _lbfgs(inc, w, offset, deg, V0, *, tol, max_iter):
 
 
 def minimise_action(n: int, src, dst, w, *, offset=None, V0=None, device="cpu", method="newton",
-                    tol=1e-12, max_iter=None, backend: str | None = None):
+                    tol=1e-12, max_iter=None, backend: str | None = None, damping: float = 1.0):
     """Minimise sum(w K(V_src - V_dst + offset)) on a graph whose weakly connected pieces
     are all strongly connected (bounded problem), from V0 (default 0). Returns (V (n,)
     numpy, unnormalised minimum, info dict). V has zero mean over each weakly connected
-    piece. O(E) memory; numpy on the CPU, torch on CUDA (and for method "lbfgs", or with
+    piece. `damping`: the Newton solver's first Levenberg–Marquardt lam (1: safe from
+    anywhere; 0: pure Newton, for a start known to be close). O(E) memory; numpy on the CPU, torch on CUDA (and for method "lbfgs", or with
     backend="torch": the CUDA code path on any device)."""
     dev = analysis_device(device)
     if method not in ("newton", "lbfgs"):
@@ -214,7 +221,7 @@ def minimise_action(n: int, src, dst, w, *, offset=None, V0=None, device="cpu", 
     t0 = time.perf_counter()
     if method == "newton":
         V, it, gmax, cg = _newton(inc, wt, off, deg, V, tol=tol, max_iter=max_iter or 200,
-                                  max_cg=max(200, min(n, 5000)))
+                                  max_cg=max(200, min(n, 5000)), lam=damping)
     else:
         V, it, gmax, cg = _lbfgs(inc, wt, off, deg, V, tol=tol, max_iter=max_iter or 20000)
     V = center(inc, V)                                            # zero mean per piece
@@ -243,6 +250,27 @@ class Fit:
                                # log_w_max and underflow_dropped when fitted from log w
 
 
+def pair_start(n: int, src, dst, log_w, *, min_mutual: float = 0.9) -> np.ndarray | None:
+    """A starting potential (n,) close to the minimum when most edges have their reverse:
+    the least-squares fit of V_f - V_g to the pairs' log-ratios, each pair weighted by the
+    curvature of its own action at its optimum, w_fg w_gf / (w_fg + w_gf) (the action's
+    quadratic approximation, one-way edges left out): one Laplacian solve, O(P) per CG
+    iteration. None when fewer than `min_mutual` of the edges lie on mutual pairs."""
+    from dbgpu.graph import laplacian_solve, mutual_pairs
+
+    e_fg, e_gf = mutual_pairs(n, src, dst)
+    if len(e_fg) == 0 or 2 * len(e_fg) < min_mutual * len(src):
+        return None
+    f, g = src[e_fg], dst[e_fg]
+    a, b = log_w[e_fg], log_w[e_gf]
+    X = a - b                                                  # (P,) log-ratios
+    log_c = np.minimum(a, b) - np.log1p(np.exp(-np.abs(X)))    # log(w_fg w_gf / (w_fg + w_gf))
+    c = np.exp(log_c - log_c.max())
+    cX = c * X
+    div = np.bincount(f, cX, minlength=n) - np.bincount(g, cX, minlength=n)
+    return laplacian_solve(n, f, g, c, div, rtol=1e-6)
+
+
 def _relative_weights(w, log_w):
     """(w / scale, log scale, kept edges): from w as given, or from log w without underflow."""
     if log_w is None:
@@ -256,21 +284,25 @@ def _relative_weights(w, log_w):
 
 
 def fit_potential(n: int, src, dst, w=None, *, log_w=None, V0=None, device: str = "cpu",
-                  method: str = "newton", tol: float = 1e-12, max_iter: int | None = None) -> Fit:
+                  method: str = "newton", tol: float = 1e-12, max_iter: int | None = None,
+                  backend: str | None = None) -> Fit:
     """Least-action potential of the weighted graph (src, dst, w) on n states.
 
     Give the weights as `w` (> 0) or as `log_w` (finite; see the module docstring on
     underflow). Edges must join distinct states. Every SCC is fitted on its internal
-    edges (from V0 (n,) when given: a warm start); the main (largest) SCC's potential is
-    returned in `V`, NaN elsewhere. O(E) time per Newton step and O(E) memory.
+    edges, from V0 (n,) when given (a warm start), else from `pair_start` when most edges
+    have their reverse (exact kernels: pure Newton from there, about half the steps),
+    else from 0. The main (largest) SCC's potential is returned in `V`, NaN elsewhere.
+    O(E) time per Newton step and O(E) memory.
     """
     src = np.asarray(src, np.int64)
     dst = np.asarray(dst, np.int64)
     w, shift, keep = _relative_weights(w, log_w)
+    lw = None if log_w is None else np.asarray(log_w, np.float64)
     dropped = 0
     if keep is not None:
         dropped = int((~keep).sum())
-        src, dst, w = src[keep], dst[keep], w[keep]
+        src, dst, w, lw = src[keep], dst[keep], w[keep], lw[keep]
     if len(src) == 0:
         raise DbgpuError("empty graph: no edges to fit")
     if np.any(src == dst) or not np.all(w > 0):
@@ -284,17 +316,25 @@ def fit_potential(n: int, src, dst, w=None, *, log_w=None, V0=None, device: str 
     local = np.full(n, -1, np.int64)
     local[members] = np.arange(len(members))
     V_within = np.zeros(n)
+    damping = 1.0
+    if V0 is None and method == "newton":
+        V0 = pair_start(n, src, dst, np.log(w) if lw is None else lw)
+        damping = 1.0 if V0 is None else 0.0
     if len(members):
         Vl, f, info = minimise_action(len(members), local[src[inner]], local[dst[inner]], w[inner],
                                       V0=None if V0 is None else np.asarray(V0)[members],
-                                      device=device, method=method, tol=tol, max_iter=max_iter)
+                                      device=device, method=method, tol=tol, max_iter=max_iter,
+                                      backend=backend, damping=damping)
         V_within[members] = Vl
     else:
         f, info = 0.0, {"method": method, "device": analysis_device(device), "iterations": 0,
                         "cg_iterations": 0, "grad_max_rel": 0.0, "converged": True, "seconds": 0.0}
     main_edges = inner & (lab[src] == 0)
-    xm = V_within[src[main_edges]] - V_within[dst[main_edges]]
-    action_main = float(np.dot(w[main_edges], K(xm)))
+    if main_edges.sum() == inner.sum():                            # one non-trivial SCC: all of it
+        action_main = f
+    else:
+        xm = V_within[src[main_edges]] - V_within[dst[main_edges]]
+        action_main = float(np.dot(w[main_edges], K(xm)))
     V = np.where(lab == 0, V_within, np.nan)
     if log_w is not None:
         info = {**info, "log_w_max": shift, "underflow_dropped": dropped}

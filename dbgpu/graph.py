@@ -89,6 +89,11 @@ class Incidence:
     def is_torch(self) -> bool:
         return not isinstance(self.src, np.ndarray)
 
+    @property
+    def full_rows(self) -> bool:
+        """numpy, sources sorted and every node has an out-edge (reduceat needs no empty row)."""
+        return self.out_len is not None and not self.is_torch and bool(self.out_len.min(initial=1) > 0)
+
 
 def incidence(n: int, src: np.ndarray, dst: np.ndarray, device="cpu", *, piece=None,
               backend: str | None = None) -> Incidence:
@@ -121,6 +126,8 @@ def incidence(n: int, src: np.ndarray, dst: np.ndarray, device="cpu", *, piece=N
 def out_sum(inc: Incidence, y):
     """(n,) sum of edge values y (E,) over each node's out-edges."""
     if not inc.is_torch:
+        if inc.indptr is not None and inc.full_rows:          # contiguous rows: a sequential sum
+            return np.add.reduceat(y, inc.indptr[:-1]) if len(y) else np.zeros(inc.n)
         return np.bincount(inc.src, weights=y, minlength=inc.n)
     import torch
 
