@@ -37,11 +37,13 @@ from pathlib import Path
 import numpy as np
 import scipy
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dbgpu import synthetic as sy  # noqa: E402
 from dbgpu.data import make_edges, read_score_dir, write_score_dir  # noqa: E402
 from dbgpu.graph import analysis_device, mutual_pairs  # noqa: E402
+from tables import print_table as table  # noqa: E402
 
 GOALS = {1000: (10, 1.0), 2000: (30, 2.0), 5000: (180, 8.0)}    # seconds, GB
 
@@ -128,17 +130,6 @@ def bench_large(args) -> dict:
             "pairs": st["hodge"]["n_pairs"], "loops": st["loops"]["count"], "loop_method": st["loops"]["method"],
             "gradient_fraction": st["hodge"]["gradient_fraction"],
             "entropy_production": st["entropy_production"]["entropy_production"], "device": dev}
-
-
-def table(rows: list[dict], cols: list[tuple[str, str]]) -> None:
-    cols = [(c, f) for c, f in cols if any(c in r for r in rows)]
-    cells = [[c for c, _ in cols]] + [[f.format(r[c]) if c in r and r[c] is not None else "-" for c, f in cols]
-                                      for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    for k, row in enumerate(cells):
-        print("| " + " | ".join(v.rjust(wd) for v, wd in zip(row, widths)) + " |")
-        if k == 0:
-            print("|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
 
 
 def main() -> None:

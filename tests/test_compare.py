@@ -138,8 +138,10 @@ def test_compare_command_prints_every_pair(tmp_path, capsys):
 
 def test_reuse_needs_the_same_prompts_method_and_dtype(tmp_path, monkeypatch):
     import dbgpu.commands.score
+    import dbgpu.report
     from dbgpu.io import finish_outputs
 
+    monkeypatch.setattr(dbgpu.report, "write_report", lambda d: None)     # each run's figures: not tested here
     out = tmp_path / "cmp"
     states = ["ATTITUDE", "BUZZY", "TURKEY"]
     kw = dict(models=["random:llama"], templates=["paper", "terse"], task_name="word100", states=states,
