@@ -14,8 +14,9 @@ N = 1,000), against the moment algebra that `dbgpu fit` uses, on the same kernel
 (`--baseline-max`, default 1,000 states: the enumeration grows as N^3).
 
 Large (`--large`): the 1M-state / 10M-edge random graph with hubs of bench_fit.py
-(`dbgpu.synthetic.sparse_kernel`, exact weights), fitted and measured in this process:
-fit seconds, statistics seconds, peak RSS.
+(`dbgpu.synthetic.sparse_kernel`, exact weights; `--noise s` adds N(0, s) to log T, off
+detailed balance, so that the fit has work to do), fitted and measured in this process:
+fit seconds, statistics seconds, CPU seconds, peak RSS.
 
     nice -n 10 python benchmarks/bench_fit_dense.py                  # 1,000 / 2,000 / 5,000
     python benchmarks/bench_fit_dense.py --sizes 1000 --large        # and the 1M-state graph
@@ -113,6 +114,8 @@ def bench_large(args) -> dict:
     dev = analysis_device(args.device)
     t0 = time.perf_counter()
     V, src, dst, logT = sy.sparse_kernel(args.states, seed=args.seed, degree=args.edges / args.states)
+    if args.noise:                                             # off detailed balance: a real fit
+        logT = logT + np.random.default_rng(args.seed + 1).normal(0.0, args.noise, len(logT))
     gen = time.perf_counter() - t0
     n = args.states
     e = Edges(states=sy.state_names(n), src=src, dst=dst, w=np.exp(logT), log_w=logT, count=None,
@@ -124,7 +127,7 @@ def bench_large(args) -> dict:
     st, _ = detailed_balance_stats(e, fit, device=dev)
     t_stats, c_stats = time.perf_counter() - t0, time.process_time() - c0
     m = fit.components.label == 0
-    return {"states": n, "edges": len(src), "generate_s": gen, "fit_s": t_fit, "stats_s": t_stats,
+    return {"states": n, "edges": len(src), "noise": args.noise, "generate_s": gen, "fit_s": t_fit, "stats_s": t_stats,
             "total_s": t_fit + t_stats, "cpu_s": c_fit + c_stats, "cg_it": fit.info["cg_iterations"], "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
             "newton_it": fit.info["iterations"], "corr_V": float(np.corrcoef(fit.V[m], V[m])[0, 1]),
             "pairs": st["hodge"]["n_pairs"], "loops": st["loops"]["count"], "loop_method": st["loops"]["method"],
@@ -142,6 +145,8 @@ def main() -> None:
     ap.add_argument("--large", action="store_true", help="also the 1M-state / 10M-edge graph")
     ap.add_argument("--states", type=int, default=1_000_000)
     ap.add_argument("--edges", type=int, default=10_000_000)
+    ap.add_argument("--noise", type=float, default=0.0,
+                    help="large: add N(0, noise) to log T (off detailed balance; default 0: exact)")
     ap.add_argument("--work", default=None, help="directory for the data (default: a temp dir)")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_fit_dense_"))
@@ -170,7 +175,7 @@ def main() -> None:
         load = os.getloadavg()[0]
         r = bench_large(args)
         r["load"] = load
-        table([r], [("states", "{}"), ("edges", "{}"), ("fit_s", "{:.1f}"), ("stats_s", "{:.1f}"),
+        table([r], [("states", "{}"), ("edges", "{}"), ("noise", "{}"), ("fit_s", "{:.1f}"), ("stats_s", "{:.1f}"),
                     ("total_s", "{:.1f}"), ("cpu_s", "{:.1f}"), ("peak_rss_gb", "{:.2f}"), ("newton_it", "{}"),
                     ("cg_it", "{}"), ("corr_V", "{:.6f}"),
                     ("pairs", "{}"), ("loops", "{}"), ("loop_method", "{}"), ("gradient_fraction", "{:.6f}"),
