@@ -137,6 +137,11 @@ def test_fit_and_report_on_the_cpu_never_import_torch(tmp_path):
             "sys.exit(10 if 'torch' in sys.modules else rc)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    # "auto" on a CPU-only torch build: told from torch/version.py, torch left unloaded
+    code = ("import sys; from dbgpu.graph import _torch_may_have_gpu, analysis_device; "
+            "gpu = _torch_may_have_gpu(); d = analysis_device('auto'); "
+            "sys.exit(0 if gpu or (d == 'cpu' and 'torch' not in sys.modules) else 1)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
 def test_underflowed_kernel_is_fitted_and_reported(tmp_path, capsys):
