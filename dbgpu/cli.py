@@ -219,7 +219,8 @@ def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="potentials of one state set under several models and templates",
                        description="Score the same states under every model x template (reusing score "
                                    "directories already in DIR), fit each, and compare the potentials: "
-                                   "correlations, slopes, log-ratio agreement, detailed-balance indices.")
+                                   "correlations, slopes, log-ratio agreement, detailed-balance indices, "
+                                   "and the spread of V across the runs (uncertainty.json).")
     p.add_argument("--models", required=True, metavar="M1,M2,...", help="comma-separated models")
     p.add_argument("--templates", default=None, metavar="T1,T2,...",
                    help="comma-separated built-in template names or files (default: the task's own)")
@@ -265,7 +266,12 @@ def _cmd_compare(args) -> int:
         print(f"{r['a']}  vs  {r['b']}: {r['shared_bounded']} shared bounded states, Pearson V "
               f"{fmt(r['pearson_V'])}, Spearman V {fmt(r['spearman_V'])}, slope {fmt(r['slope_V'])}, "
               f"log-ratio r {fmt(r['pearson_logratio'])}")
-    print(f"wrote {args.out}/compare.md, compare.csv, runs.csv, compare.json, potentials.png, db_index.png")
+    sp = result["spread"]
+    if sp.get("median_sd") is not None:
+        print(f"spread of V across the runs on {sp['states']} states bounded in all: median sd "
+              f"{fmt(sp['median_sd'])} after gauge and scale, {fmt(sp['median_sd_gauge'])} after the gauge alone")
+    print(f"wrote {args.out}/compare.md, compare.csv, runs.csv, compare.json, spread.csv, uncertainty.json, "
+          "potentials.png, db_index.png")
     return 0
 
 

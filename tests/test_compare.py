@@ -86,8 +86,10 @@ def test_compare_writes_its_table_and_reuses_scores(tmp_path, monkeypatch):
     assert len(first["runs"]) == 4 and len(first["pairs"]) == 6
     assert not any(r["reused"] for r in first["runs"])
     for name in ("compare.md", "compare.csv", "runs.csv", "compare.json", "potentials.png", "potentials.pdf",
-                 "db_index.png"):
+                 "db_index.png", "spread.csv", "uncertainty.json", "manifest.json"):
         assert (out / name).is_file(), name
+    unc = json.loads((out / "uncertainty.json").read_text())
+    assert list(unc) == states and first["spread"]["states"] == sum(v is not None for v in unc.values())
     assert json.loads((out / "compare.json").read_text())["pairs"] == json.loads(json.dumps(first["pairs"]))
     assert (out / "compare.csv").read_text().count("\n") == 1 + 6
 
