@@ -167,7 +167,7 @@ def check_outputs(path: str | os.PathLike, command: str, *, verify: bool = True)
     if sec is None:
         return None
     if sec.get("stale"):
-        raise DbgpuError(f"{out}: the `dbgpu {command}` output there is stale ({sec['stale']}): "
+        raise DbgpuError(f"{out}: no current `dbgpu {command}` output there (stale: {sec['stale']}): "
                          f"run `dbgpu {command}` again")
     if not sec.get("complete"):
         raise DbgpuError(f"{out}: `dbgpu {command}` did not finish writing there (interrupted?): "

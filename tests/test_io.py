@@ -56,7 +56,7 @@ def test_a_new_score_makes_the_fit_and_report_there_stale(tmp_path):
     write_report(d)
     assert check_outputs(d, "report")["complete"]
     score_dir(d, seed=2)                                       # the kernel changed under the fit
-    with pytest.raises(DbgpuError, match="the `dbgpu fit` output there is stale"):
+    with pytest.raises(DbgpuError, match="no current `dbgpu fit` output there"):
         write_report(d)
     with pytest.raises(DbgpuError, match="stale"):
         check_outputs(d, "report")
