@@ -103,19 +103,25 @@ def test_entropy_production_of_a_driven_ring():
     assert rev["entropy_production"] == pytest.approx(0.0, abs=1e-15)
 
 
-def test_stationary_iterative_matches_dense():
-    V, src, dst, logT = sy.sparse_kernel(300, seed=2, degree=6)
+def main_chain(n, *, noise=0.0):
+    """The jump chain (n_main, src, dst, p) of a sparse kernel's main component."""
     from dbgpu.graph import strong_components
 
-    c = strong_components(300, src, dst)
+    V, src, dst, logT = sy.sparse_kernel(n, seed=2, degree=6)
+    c = strong_components(n, src, dst)
     m = c.label == 0
     loc = np.cumsum(m) - 1
     e = m[src] & m[dst]
-    n = int(m.sum())
-    s, d, w = loc[src[e]], loc[dst[e]], np.exp(logT[e])
-    p = w / np.bincount(s, w, minlength=n)[s]
+    k = int(m.sum())
+    s, d = loc[src[e]], loc[dst[e]]
+    w = np.exp(logT[e] + np.random.default_rng(1).normal(0, noise, e.sum()))
+    return k, s, d, w / np.bincount(s, w, minlength=k)[s]
+
+
+def test_stationary_iterative_matches_dense():
+    n, s, d, p = main_chain(300)
     a, ra = stationary(n, s, d, p)
-    b, rb = stationary(n, s, d, p, dense_max=0)            # power iteration path
+    b, rb = stationary(n, s, d, p, dense_max=0)            # the iterative path (BiCGSTAB)
     np.testing.assert_allclose(b, a, atol=1e-12)
     assert ra < 1e-13 and rb < 1e-11
     import torch
@@ -344,17 +350,9 @@ def test_entropy_production_from_log_weights_does_not_underflow():
 
 
 def test_stationary_by_krylov_and_power_iteration_agree():
-    from dbgpu.graph import strong_components
     from dbgpu.stats import _krylov_cpu, _power_cpu
 
-    V, src, dst, logT = sy.sparse_kernel(3000, seed=2, degree=6)
-    c = strong_components(3000, src, dst)
-    m = c.label == 0
-    loc = np.cumsum(m) - 1
-    e = m[src] & m[dst]
-    n = int(m.sum())
-    s, d, w = loc[src[e]], loc[dst[e]], np.exp(logT[e] + np.random.default_rng(1).normal(0, 0.5, e.sum()))
-    p = w / np.bincount(s, w, minlength=n)[s]
+    n, s, d, p = main_chain(3000, noise=0.5)                 # off detailed balance
     pi, resid = stationary(n, s, d, p)                         # n > 1000: BiCGSTAB
     assert resid < 1e-12
     import scipy.sparse as sparse
