@@ -74,17 +74,24 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
 
 def _threads_option(g) -> None:
     g.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="CPU threads for torch (default 0: torch's default); 1 per process when several "
-                        "share the cores (torchrun on a CPU, a busy machine)")
+                   help="CPU threads for torch and the BLAS libraries (default 0: their default); 1 per "
+                        "process when several share the cores (torchrun on a CPU, a busy machine)")
 
 
 def _set_threads(args) -> None:
+    """Limit this process's threads (torch, numpy/scipy BLAS, OpenMP) to --threads; 0 leaves
+    them alone. BLAS and OpenMP read their thread count when they load, which in the command
+    line happens after this (the handlers import lazily); torch, if already loaded, is told."""
     if args.threads < 0:
         raise DbgpuError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        import torch
+    if not args.threads:
+        return
+    import os
 
-        torch.set_num_threads(args.threads)   # this process only
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)           # read by libraries not yet loaded
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(args.threads)
 
 
 def _task_from(args):
@@ -213,6 +220,16 @@ def _add_fit(sub) -> None:
     p.add_argument("--method", choices=("newton", "lbfgs"), default="newton",
                    help="optimiser (default newton: Newton-CG on the graph Laplacian)")
     _threads_option(p)
+    g = p.add_argument_group("error bars and null distributions (sampled inputs)")
+    g.add_argument("--laplace", action="store_true",
+                   help="sigma of V from the inverse Fisher information (needs --weights counts)")
+    g.add_argument("--bootstrap", type=int, default=0, metavar="B",
+                   help="sigma of V from B bootstrap replicates over queries (any weights)")
+    g.add_argument("--null", type=int, default=0, metavar="B",
+                   help="each statistic's distribution under detailed balance from B replicates "
+                        "resampled from the fitted reversible kernel: mean, sd, p-value")
+    g.add_argument("--seed", type=int, default=0, help="seed of the resampling and of the loop sample (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fit)
 
 
@@ -227,7 +244,9 @@ def _cmd_fit(args) -> int:
         warnings.simplefilter("always")
         try:
             stats = fit_input(args.input, args.out, reject=args.reject, threshold=args.threshold,
-                              weights=args.weights, device=args.device, method=args.method)
+                              weights=args.weights, device=args.device, method=args.method,
+                              laplace=args.laplace, bootstrap=args.bootstrap, null=args.null, seed=args.seed,
+                              progress=not args.quiet)
         finally:                                  # a warning matters most when the fit then fails
             for w in caught:
                 print(f"dbgpu fit: warning: {w.message}", file=sys.stderr)
@@ -236,7 +255,13 @@ def _cmd_fit(args) -> int:
           f"{comp['main_size']} states ({comp['count']} components); action "
           f"{stats['action']:.6g}; pairwise r {fmt(pw['r'])}, slope {fmt(pw['slope'])}; "
           f"Hodge gradient fraction {fmt(stats['hodge']['gradient_fraction'])}")
-    print(f"wrote {args.out}/potential.json, stats.json, fit_points.npz")
+    if stats.get("null"):
+        print("null (detailed balance, " + str(stats["null"]["replicates"]) + " replicates): "
+              + "; ".join(f"{k} p = {fmt(v['p_value'], '.3g')}" for k, v in stats["null"]["statistics"].items()))
+    files = ["potential.json", "stats.json", "fit_points.npz"]
+    if stats["uncertainty"]["method"]:
+        files.append("uncertainty.json")
+    print(f"wrote {args.out}/" + ", ".join(files))
     return 0
 
 
@@ -259,7 +284,8 @@ def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="potentials of one state set under several models and templates",
                        description="Score the same states under every model x template (reusing score "
                                    "directories already in DIR), fit each, and compare the potentials: "
-                                   "correlations, slopes, log-ratio agreement, detailed-balance indices.")
+                                   "correlations, slopes, log-ratio agreement, detailed-balance indices, "
+                                   "and the spread of V across the runs (uncertainty.json).")
     p.add_argument("--models", required=True, metavar="M1,M2,...", help="comma-separated models")
     p.add_argument("--templates", default=None, metavar="T1,T2,...",
                    help="comma-separated built-in template names or files (default: the task's own)")
@@ -307,7 +333,12 @@ def _cmd_compare(args) -> int:
         print(f"{r['a']}  vs  {r['b']}: {r['shared_bounded']} shared bounded states, Pearson V "
               f"{fmt(r['pearson_V'])}, Spearman V {fmt(r['spearman_V'])}, slope {fmt(r['slope_V'])}, "
               f"log-ratio r {fmt(r['pearson_logratio'])}")
-    print(f"wrote {args.out}/compare.md, compare.csv, runs.csv, compare.json, potentials.png, db_index.png")
+    sp = result["spread"]
+    if sp.get("median_sd") is not None:
+        print(f"spread of V across the runs on {sp['states']} states bounded in all: median sd "
+              f"{fmt(sp['median_sd'])} after gauge and scale, {fmt(sp['median_sd_gauge'])} after the gauge alone")
+    print(f"wrote {args.out}/compare.md, compare.csv, runs.csv, compare.json, spread.csv, uncertainty.json, "
+          "potentials.png, db_index.png")
     return 0
 
 

@@ -67,6 +67,37 @@ def sparse_kernel(n: int, *, seed: int = 0, degree: float = 8.0, sigma: float = 
     return V - V.mean(), src.astype(np.int64), dst.astype(np.int64), logT
 
 
+def metropolis_kernel(n: int, *, seed: int = 0, degree: float = 8.0, sigma: float = 1.0):
+    """(V (n,), src, dst (E,), logT (E,)): Metropolis–Hastings on a random graph (about
+    `degree` neighbours per state): propose a uniform neighbour g of f, accept with
+    `min(1, exp(V_f - V_g) deg_f / deg_g)`. Detailed balance holds exactly with
+    `pi ~ exp(-V)`: `log T(f,g) - log T(g,f) = V(f) - V(g)`; a rejected proposal stays
+    at f (the rest of each row)."""
+    rng = np.random.default_rng(seed)
+    V = rng.normal(0.0, sigma, n)
+    m = int(n * degree / 2)
+    a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+    keep = a != b
+    key = np.unique(np.minimum(a, b)[keep] * n + np.maximum(a, b)[keep])
+    lo, hi = key // n, key % n
+    src, dst = np.r_[lo, hi], np.r_[hi, lo]
+    order = np.lexsort((dst, src))
+    src, dst = src[order].astype(np.int64), dst[order].astype(np.int64)
+    ld = np.log(np.bincount(src, minlength=n).clip(1))           # (n,) log degree
+    logT = -ld[src] + np.minimum(0.0, V[src] - V[dst] + ld[src] - ld[dst])
+    return V - V.mean(), src, dst, logT
+
+
+def sampled_transitions(n: int, src: np.ndarray, dst: np.ndarray, logT: np.ndarray, *, queries: int,
+                        seed: int = 0):
+    """`Transitions` of `queries` queries on a sparse kernel with the paper's protocol
+    (`sample`: uniform sources; the rest of a row's mass is a rejected answer)."""
+    from dbgpu.data import count_queries
+
+    f, g = sample(n, src, dst, np.exp(logT), queries=queries, seed=seed)
+    return count_queries(state_names(n), f, g, kind="synthetic")
+
+
 def sample(n: int, src: np.ndarray, dst: np.ndarray, T: np.ndarray, *, queries: int,
            seed: int = 0):
     """Simulate the paper's protocol on a known kernel: each query draws its source

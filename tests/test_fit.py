@@ -138,3 +138,46 @@ def test_cpu_and_cuda_give_the_same_potential():
     np.testing.assert_allclose(b.V, a.V, atol=1e-9, equal_nan=True)
     assert b.action == pytest.approx(a.action, rel=1e-12)
     assert np.array_equal(b.V, c.V, equal_nan=True)                      # deterministic on GPU
+
+
+def test_torch_code_path_on_the_cpu_matches_numpy():
+    """The CUDA code path (torch tensors, segment sums over sorted edges), run on the CPU."""
+    V, src, dst, logT = sy.sparse_kernel(300, seed=13, degree=5)
+    w = np.exp(logT + np.random.default_rng(14).normal(0, 0.5, len(logT)))
+    c = strong_components(300, src, dst)
+    m = c.label == 0
+    loc = np.cumsum(m) - 1
+    e = m[src] & m[dst]
+    a, fa, _ = minimise_action(int(m.sum()), loc[src[e]], loc[dst[e]], w[e])
+    b, fb, _ = minimise_action(int(m.sum()), loc[src[e]], loc[dst[e]], w[e], backend="torch")
+    np.testing.assert_allclose(b, a, atol=1e-9)
+    assert fb == pytest.approx(fa, rel=1e-12)
+
+
+def test_fit_from_log_weights_survives_underflow():
+    """Every probability below float64's range (log T ~ -2000): fitted from log w, the
+    potential is the one of the unshifted kernel; the action scales by exp(shift)."""
+    V, src, dst, logT = sy.sparse_kernel(200, seed=15, degree=5)
+    logT = logT + np.random.default_rng(16).normal(0, 0.5, len(logT))
+    ref = fit_potential(200, src, dst, np.exp(logT))
+    low = fit_potential(200, src, dst, log_w=logT - 2000.0)
+    assert np.all(np.exp(logT - 2000.0) == 0)
+    np.testing.assert_allclose(low.V, ref.V, atol=1e-9, equal_nan=True)
+    assert low.info["underflow_dropped"] == 0 and low.info["log_w_max"] == pytest.approx(logT.max() - 2000)
+    # one edge 800 nats below the rest cannot be held relative to them: left out, counted
+    logT2 = logT.copy()
+    logT2[0] -= 800.0
+    out = fit_potential(200, src, dst, log_w=logT2)
+    assert out.info["underflow_dropped"] == 1
+    keep = np.arange(len(src)) != 0
+    np.testing.assert_allclose(out.V, fit_potential(200, src[keep], dst[keep], np.exp(logT[keep])).V,
+                               atol=1e-9, equal_nan=True)
+
+
+def test_warm_start_reaches_the_same_minimum():
+    V, src, dst, logT = sy.sparse_kernel(300, seed=17, degree=5)
+    w = np.exp(logT + np.random.default_rng(18).normal(0, 0.5, len(logT)))
+    cold = fit_potential(300, src, dst, w)
+    warm = fit_potential(300, src, dst, w, V0=cold.V_within + 0.01)
+    np.testing.assert_allclose(warm.V, cold.V, atol=1e-9, equal_nan=True)
+    assert warm.info["iterations"] < cold.info["iterations"]
