@@ -67,6 +67,10 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rows-per-block", type=int, default=128, metavar="R",
                    help="source rows per shard: each block is written as it finishes, so a crash loses "
                         "at most the blocks in flight and a second call resumes (default 128)")
+    g.add_argument("--surface-forms", choices=("canonical", "all"), default="canonical",
+                   help="canonical: T(f, g) is the probability of g's one rendered answer (default); all: "
+                        "the sum over every surface form the task lists (word100: upper, Title, lower "
+                        "case, with and without the leading space), nearer what the agent counts")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh when DIR holds a score with other settings (default: refuse)")
     _threads_option(g)
@@ -107,7 +111,7 @@ def _scoring_kwargs(args) -> dict:
     return dict(model=args.model, template_path=args.template, temperature=args.temperature,
                 device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, method=args.method,
                 batch_tokens=args.batch_tokens, max_logits=args.max_logits, rows_per_block=args.rows_per_block,
-                overwrite=args.overwrite, progress=not args.quiet)
+                surface_forms=args.surface_forms, overwrite=args.overwrite, progress=not args.quiet)
 
 
 def _add_score(sub) -> None:
