@@ -56,7 +56,7 @@ def coverage(args) -> None:
             sb, _ = u.bootstrap_potentials(t, fit, replicates=args.boot, seed=seed, weights="counts",
                                            reject="high", threshold=0)
             rows["bootstrap"].append((err, sb))
-    print(f"\n## 1. Coverage of sigma (300-state chains, 3,000 queries per state, --weights counts)\n")
+    print("\n## 1. Coverage of sigma (300-state chains, 3,000 queries per state, --weights counts)\n")
     print("| method | chains | states | within 1 sigma (68.3%) | within 2 sigma (95.4%) | median sigma |")
     print("|---|---|---|---|---|---|")
     for name, pairs in rows.items():
@@ -69,23 +69,12 @@ def coverage(args) -> None:
               f"| {100 * c2:.1f}% | {np.median(sig[ok]):.3f} |")
 
 
-def null_p(seed: int, *, curl: float, replicates: int):
-    _, logT = sy.dense_kernel(20, seed=seed, curl=curl)
-    t = sy.sample_dense_counts(logT, per_source=3000, seed=seed + 1)
-    e = make_edges(t, weights="counts")
-    fit = fit_potential(20, e.src, e.dst, log_w=e.log_w)
-    st, _ = detailed_balance_stats(e, fit, points=False)
-    nul = u.null_distribution(t, fit, st, replicates=replicates, seed=seed, weights="counts", reject="high",
-                              threshold=0)
-    return {k: v["p_value"] for k, v in nul["statistics"].items()}
-
-
 def nulls(args) -> None:
     print(f"\n## 2. Null p-values (20-state chains, 3,000 queries per state, B = {args.null} replicates)\n")
     print("| chain | seeds | statistic | p < 0.05 | p < 0.10 | mean p | median p |")
     print("|---|---|---|---|---|---|---|")
     for curl, seeds in ((0.0, args.null_seeds), (0.1, args.curl_seeds), (0.5, args.curl_seeds)):
-        ps = [null_p(s, curl=curl, replicates=args.null) for s in range(seeds)]
+        ps = [sy.null_p_values(s, curl=curl, replicates=args.null)[0] for s in range(seeds)]
         label = "detailed balance" if curl == 0 else f"cycle flux, curl {curl}"
         for k in ps[0]:
             v = np.array([p[k] for p in ps])

@@ -11,7 +11,6 @@ from dbgpu import uncertainty as u
 from dbgpu.cli import main
 from dbgpu.data import make_edges
 from dbgpu.fit import fit_potential
-from dbgpu.stats import detailed_balance_stats
 
 
 def sampled_chain(seed, *, n=300, per_state=3000):
@@ -116,24 +115,12 @@ def test_null_sample_keeps_the_visits_and_follows_the_reversible_kernel():
     assert np.all(np.bincount(s.src, s.count, minlength=60) <= t.visits)
 
 
-def null_p_values(seed, *, curl=0.0, replicates=30):
-    """p-values of the five statistics on a 20-state chain sampled 3,000 times per state."""
-    _, logT = sy.dense_kernel(20, seed=seed, curl=curl)
-    t = sy.sample_dense_counts(logT, per_source=3000, seed=seed + 1)
-    e = make_edges(t, weights="counts")
-    fit = fit_potential(20, e.src, e.dst, log_w=e.log_w)
-    st, _ = detailed_balance_stats(e, fit, points=False)
-    nul = u.null_distribution(t, fit, st, replicates=replicates, seed=seed, weights="counts", reject="high",
-                              threshold=0)
-    return {k: v["p_value"] for k, v in nul["statistics"].items()}, nul
-
-
 def test_null_p_values_are_uniform_under_detailed_balance_and_small_with_cycle_flux():
-    p = np.array([list(null_p_values(seed)[0].values()) for seed in range(10)])       # (10, 5)
+    p = np.array([list(sy.null_p_values(seed)[0].values()) for seed in range(10)])       # (10, 5)
     assert 0.3 < p.mean() < 0.7, p.mean(0)
     assert (p < 0.05).mean() < 0.15 and (p > 0.5).mean() > 0.3
     for seed in range(2):
-        pc, nul = null_p_values(seed, curl=0.5)
+        pc, nul = sy.null_p_values(seed, curl=0.5)
         floor = 1 / 31
         assert pc["loops_chi2_ndf"] == pytest.approx(floor)
         assert pc["gradient_fraction"] == pytest.approx(floor)
