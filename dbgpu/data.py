@@ -262,7 +262,7 @@ def write_score_dir(path: str | os.PathLike, states: list[str], logT: np.ndarray
     when given (meta.json last), each file written atomically, between `begin_outputs`
     and `finish_outputs` (the manifest: a crash leaves the directory unreadable as a
     finished score; an older fit or report there becomes stale)."""
-    out = begin_outputs(path, "score", invalidates=("fit", "report"))
+    out = begin_outputs(path, "score", invalidates=("fit", "report", "explain"))
     write_json_atomic(out / "states.json", list(states))
     write_npy_atomic(out / "logT.npy", np.asarray(logT, dtype=np.float64))
     files = ["states.json", "logT.npy"]

@@ -386,11 +386,18 @@ def write_report(dir: str | os.PathLike) -> Path:
 
 
 def _explain_section(out: Path) -> str:
-    """report.md's section on explaining V, when `dbgpu explain` has written explain.json."""
+    """report.md's section on explaining V, when `dbgpu explain` has written explain.json
+    for the current fit (an explanation of an earlier fit, stale in the manifest, is left out)."""
     from dbgpu.explain import explain_markdown
 
     f = out / "explain.json"
-    return "\n" + explain_markdown(read_json(f, what="explain file")) if f.is_file() else ""
+    if not f.is_file():
+        return ""
+    try:
+        check_outputs(out, "explain", verify=False)
+    except DbgpuError:
+        return ""
+    return "\n" + explain_markdown(read_json(f, what="explain file"))
 
 
 # ----------------------------------------------------------------------------- compare

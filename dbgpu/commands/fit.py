@@ -102,7 +102,7 @@ def _write_outputs(out_dir, *, potential: dict, stats: dict, points: dict, sigma
     buf = io.BytesIO()
     np.savez(buf, **points)
     with locked_dir(out_dir):                                   # the only writer of out_dir
-        out = begin_outputs(out_dir, "fit", invalidates=("report",))
+        out = begin_outputs(out_dir, "fit", invalidates=("report", "explain"))
         write_bytes_atomic(out / "fit_points.npz", buf.getvalue())
         files = ["fit_points.npz", "potential.json"]
         write_json_atomic(out / "potential.json", potential)
