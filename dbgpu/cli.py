@@ -95,10 +95,9 @@ def _set_threads(args) -> None:
 
 
 def _task_from(args):
-    from dbgpu.tasks import get_task, read_template
+    from dbgpu.api import get_task
 
-    return get_task(args.task, template=read_template(args.template, task=args.task),
-                    answer_prefix=args.answer_prefix)
+    return get_task(args.task, template=args.template, answer_prefix=args.answer_prefix)
 
 
 def _scoring_kwargs(args) -> dict:

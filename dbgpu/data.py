@@ -259,7 +259,7 @@ def check_logT(logT: np.ndarray, n: int, *, where) -> np.ndarray:
         raise DbgpuError(f"{where} has shape {logT.shape}, expected ({n}, {n}) for {n} states")
     if not np.issubdtype(logT.dtype, np.floating):
         raise DbgpuError(f"{where} has dtype {logT.dtype}, expected float64")
-    logT = logT.astype(np.float64)
+    logT = logT.astype(np.float64, copy=False)
     if np.isnan(logT).any() or np.isposinf(logT).any():
         raise DbgpuError(f"{where} contains NaN or +inf")
     return logT
