@@ -92,6 +92,9 @@ def get_task(spec: str = DEFAULT_TASK, *, template: str | None = None, answer_pr
     """
     from dbgpu.tasks import get_task as get, read_template
 
+    if not isinstance(spec, str):
+        raise DbgpuError(f"a task is named by a string (word100, formula, package.module:Name), not a "
+                         f"{type(spec).__name__}")
     return get(spec, template=read_template(template, task=spec), answer_prefix=answer_prefix)
 
 

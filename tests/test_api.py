@@ -177,6 +177,7 @@ def test_score_writes_what_the_cli_writes(tmp_path, capsys):
     assert k.path is None                                    # scored in a temporary directory, now gone
     k.save(tmp_path / "api")
     lm = dbgpu.load_model("random:llama", device="cpu")
+    assert repr(lm).startswith("LM('random:llama': LlamaForCausalLM, 0.") and repr(lm).endswith("float32 on cpu)")
     task = dbgpu.get_task("word100", template="terse")
     dbgpu.kernel(lm, task, WORDS, temperature=0.7, progress=False, out=tmp_path / "api-out")
     for d in ("api", "api-out"):
@@ -343,7 +344,8 @@ def test_compare_returns_the_comparison_it_wrote(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing input", "bootstrap", "unknown task", "temperature", "duplicate",
-                                  "report dir", "explore steps", "bad pairs", "bad source"])
+                                  "report dir", "explore steps", "bad pairs", "bad source", "task type",
+                                  "template on a task", "states type"])
 def test_bad_input_raises_the_cli_message(case, tmp_path, capsys):
     nope = tmp_path / "nope"
     log = tmp_path / "t.jsonl"
@@ -365,6 +367,9 @@ def test_bad_input_raises_the_cli_message(case, tmp_path, capsys):
                                                                         out=tmp_path / "e")),
         "bad pairs": (None, lambda: dbgpu.potential([("A", "B", "C")])),
         "bad source": (None, lambda: dbgpu.potential(3.5)),
+        "task type": (None, lambda: dbgpu.get_task(3)),
+        "template on a task": (None, lambda: dbgpu.kernel("random:llama", dbgpu.get_task(), WORDS, template="terse")),
+        "states type": (None, lambda: dbgpu.kernel("random:llama", "word100", {"BUZZY": 1})),
     }
     argv, call = cases[case]
     with pytest.raises(dbgpu.DbgpuError) as e:
