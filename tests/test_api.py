@@ -100,6 +100,7 @@ def test_every_name_is_the_api_object_even_after_every_submodule_is_imported():
             __import__(m.name)
     submodules = {name for _, name, _ in pkgutil.iter_modules(dbgpu.__path__)}
     assert not submodules & set(dbgpu.__all__)
+    assert isinstance(dbgpu.fit, types.ModuleType)          # the hazard itself: dbgpu.fit is the module
     for name in dbgpu.__all__:
         value = getattr(dbgpu, name)
         assert not isinstance(value, types.ModuleType), name
@@ -318,16 +319,20 @@ def test_reports_and_explanations_of_a_potential(tmp_path, capsys):
     _, logT = dense_kernel(12, seed=4, noise=0.2)
     pot = dbgpu.potential(dbgpu.Kernel(states, logT, meta={"task": "word100"}), device="cpu")
     assert pot.task == "word100"
-    with pytest.raises(dbgpu.DbgpuError, match=r"^this potential is not saved: pass out=DIR"):
-        dbgpu.draw_report(pot)
-    report = dbgpu.draw_report(pot, out=tmp_path / "fit")
-    assert report == tmp_path / "fit" / "report.md" and (tmp_path / "fit" / "graph.png").is_file()
-    doc = dbgpu.explanation(pot)                            # saved now, and its task is known
+    for f in (dbgpu.draw_report, dbgpu.explanation):
+        with pytest.raises(dbgpu.DbgpuError, match=r"^this potential is not saved: pass out=DIR"):
+            f(pot)
+    doc = dbgpu.explanation(pot, out=tmp_path / "fit")      # saved there first; its task is known
     assert doc == json.loads((tmp_path / "fit" / "explain.json").read_text())
     assert doc["n_states"] == 12 and "ols" in doc
     rc, _, err = cli(["explain", tmp_path / "fit", "--task", "word100"], capsys)
     assert rc == 0, err
     assert json.loads((tmp_path / "fit" / "explain.json").read_text()) == doc
+    report = dbgpu.draw_report(pot)                         # where it was saved
+    assert report == tmp_path / "fit" / "report.md" and (tmp_path / "fit" / "graph.png").is_file()
+    assert "## Explaining V by state features" in report.read_text()
+    with pytest.raises(dbgpu.DbgpuError, match="^out= goes with a Potential"):
+        dbgpu.draw_report(tmp_path / "fit", out=tmp_path / "x")
 
 
 def test_compare_returns_the_comparison_it_wrote(tmp_path):
