@@ -99,10 +99,9 @@ def _set_threads(args) -> None:
 
 
 def _task_from(args):
-    from dbgpu.tasks import get_task, read_template
+    from dbgpu.api import get_task
 
-    return get_task(args.task, template=read_template(args.template, task=args.task),
-                    answer_prefix=args.answer_prefix)
+    return get_task(args.task, template=args.template, answer_prefix=args.answer_prefix)
 
 
 def _scoring_kwargs(args) -> dict:
@@ -240,7 +239,7 @@ def _add_fit(sub) -> None:
 def _cmd_fit(args) -> int:
     import warnings
 
-    from dbgpu.commands.fit import fit_input
+    from dbgpu.commands.fit import fit_input, fit_summary
     from dbgpu.console import fmt
 
     _set_threads(args)
@@ -254,11 +253,7 @@ def _cmd_fit(args) -> int:
         finally:                                  # a warning matters most when the fit then fails
             for w in caught:
                 print(f"dbgpu fit: warning: {w.message}", file=sys.stderr)
-    pw, comp = stats["pairwise"], stats["components"]
-    print(f"{stats['n_states']} states, {stats['n_edges']} edges; main component "
-          f"{comp['main_size']} states ({comp['count']} components); action "
-          f"{stats['action']:.6g}; pairwise r {fmt(pw['r'])}, slope {fmt(pw['slope'])}; "
-          f"Hodge gradient fraction {fmt(stats['hodge']['gradient_fraction'])}")
+    print(fit_summary(stats))
     if stats.get("null"):
         print("null (detailed balance, " + str(stats["null"]["replicates"]) + " replicates): "
               + "; ".join(f"{k} p = {fmt(v['p_value'], '.3g')}" for k, v in stats["null"]["statistics"].items()))
@@ -311,8 +306,8 @@ def _add_compare(sub) -> None:
 
 
 def _cmd_compare(args) -> int:
-    from dbgpu.commands.compare import compare_job
-    from dbgpu.console import fmt
+    from dbgpu.commands.compare import compare_job, compare_summary
+    from dbgpu.commands.run import seed_states
     from dbgpu.io import parse_state_list, read_states_file
     from dbgpu.tasks import get_task
 
@@ -323,24 +318,14 @@ def _cmd_compare(args) -> int:
     elif args.state_list:
         states = parse_state_list(args.state_list)
     else:
-        n = 24 if args.n_states is None else args.n_states
-        if n < 2:
-            raise DbgpuError(f"--n-states must be at least 2, got {n}")
-        states = get_task(args.task).seed_states(n)
+        states = seed_states(get_task(args.task), 24 if args.n_states is None else args.n_states)
     result = compare_job(models=models, templates=templates, task_name=args.task, states=states, out=args.out,
                          answer_prefix=args.answer_prefix, temperature=args.temperature, method=args.method,
                          device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
                          progress=not args.quiet)
     if not result:                                # another rank of a launched job: rank 0 reports
         return 0
-    for r in result["pairs"]:
-        print(f"{r['a']}  vs  {r['b']}: {r['shared_bounded']} shared bounded states, Pearson V "
-              f"{fmt(r['pearson_V'])}, Spearman V {fmt(r['spearman_V'])}, slope {fmt(r['slope_V'])}, "
-              f"log-ratio r {fmt(r['pearson_logratio'])}")
-    sp = result["spread"]
-    if sp.get("median_sd") is not None:
-        print(f"spread of V across the runs on {sp['states']} states bounded in all: median sd "
-              f"{fmt(sp['median_sd'])} after gauge and scale, {fmt(sp['median_sd_gauge'])} after the gauge alone")
+    print(compare_summary(result))
     print(f"wrote {args.out}/compare.md, compare.csv, runs.csv, compare.json, spread.csv, uncertainty.json, "
           "potentials.png, db_index.png")
     return 0

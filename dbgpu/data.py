@@ -234,10 +234,7 @@ def read_score_dir(path: str | os.PathLike) -> Kernel:
         raise DbgpuError(f"score directory not found: {path}")
     check_outputs(path, "score")
     states = read_json(path / "states.json", what="states file")
-    if not _is_str_list(states):
-        raise DbgpuError(f"{path / 'states.json'} must be a JSON list of state strings")
-    if len(set(states)) != len(states):
-        raise DbgpuError(f"{path / 'states.json'} lists a state more than once")
+    check_states(states, where=path / "states.json")
     f = path / "logT.npy"
     if not f.is_file():
         raise DbgpuError(f"kernel file not found: {f}")
@@ -245,15 +242,27 @@ def read_score_dir(path: str | os.PathLike) -> Kernel:
         logT = np.load(f, allow_pickle=False)
     except Exception as e:  # numpy raises ValueError/EOFError/OSError for bad files
         raise DbgpuError(f"cannot read {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    n = len(states)
+    return Kernel(states=list(states), logT=check_logT(logT, len(states), where=f))
+
+
+def check_states(states, *, where) -> None:
+    """A state list as a kernel needs it: strings, each once (`where` names it in errors)."""
+    if not _is_str_list(states):
+        raise DbgpuError(f"{where} must be a JSON list of state strings")
+    if len(set(states)) != len(states):
+        raise DbgpuError(f"{where} lists a state more than once")
+
+
+def check_logT(logT: np.ndarray, n: int, *, where) -> np.ndarray:
+    """A kernel's log T for n states: (n, n) floating point, no NaN or +inf; as float64."""
     if logT.ndim != 2 or logT.shape != (n, n):
-        raise DbgpuError(f"{f} has shape {logT.shape}, expected ({n}, {n}) for {n} states")
+        raise DbgpuError(f"{where} has shape {logT.shape}, expected ({n}, {n}) for {n} states")
     if not np.issubdtype(logT.dtype, np.floating):
-        raise DbgpuError(f"{f} has dtype {logT.dtype}, expected float64")
-    logT = logT.astype(np.float64)
+        raise DbgpuError(f"{where} has dtype {logT.dtype}, expected float64")
+    logT = logT.astype(np.float64, copy=False)
     if np.isnan(logT).any() or np.isposinf(logT).any():
-        raise DbgpuError(f"{f} contains NaN or +inf")
-    return Kernel(states=list(states), logT=logT)
+        raise DbgpuError(f"{where} contains NaN or +inf")
+    return logT
 
 
 def write_score_dir(path: str | os.PathLike, states: list[str], logT: np.ndarray, *,

@@ -343,7 +343,7 @@ def _report_md(stats, potential, V_sorted, sigma=None) -> str:
     return "\n".join(lines)
 
 
-def _read_fit(out: Path):
+def read_fit(out: Path):
     """stats, potential, points and sigma (or None) of a finished fit in `out`."""
     if not out.is_dir():
         raise DbgpuError(f"report directory not found: {out}")
@@ -370,7 +370,7 @@ def _read_fit(out: Path):
 def write_report(dir: str | os.PathLike) -> Path:
     """Draw the four figures (PNG + PDF) and write report.md into `dir`; return its path."""
     out = Path(dir)
-    stats, potential, pts, sigma = _read_fit(out)
+    stats, potential, pts, sigma = read_fit(out)
     V_sorted = sorted(((s, v) for s, v in potential.items() if v is not None), key=lambda t: t[1])
     begin_outputs(out, "report")
     plot_scatter(pts, stats, out)

@@ -25,6 +25,7 @@ LAYERS = [
     "data", "graph", "fit", "stats", "uncertainty", "comparison", "explain", "report", "synthetic",
     "commands.score", "commands.fit", "commands.report", "commands.explain", "commands.run", "commands.compare",
     "commands.explore", "commands.states", "commands",
+    "api",
     "cli", "__main__", "",
 ]
 ANALYSIS = {"data", "graph", "fit", "stats", "uncertainty", "comparison", "explain", "report", "synthetic"}

@@ -241,6 +241,21 @@ def compare_job(*, models: list[str], templates: list[str | None], task_name: st
         return _write_comparison(out, runs, task_name=task_name, states=states, temperature=temperature)
 
 
+def compare_summary(result: dict) -> str:
+    """One line per pair of runs and one for the spread of V (what `dbgpu compare` prints)."""
+    from dbgpu.console import fmt
+
+    lines = [f"{r['a']}  vs  {r['b']}: {r['shared_bounded']} shared bounded states, Pearson V "
+             f"{fmt(r['pearson_V'])}, Spearman V {fmt(r['spearman_V'])}, slope {fmt(r['slope_V'])}, "
+             f"log-ratio r {fmt(r['pearson_logratio'])}" for r in result["pairs"]]
+    sp = result["spread"]
+    if sp.get("median_sd") is not None:
+        lines.append(f"spread of V across the runs on {sp['states']} states bounded in all: median sd "
+                     f"{fmt(sp['median_sd'])} after gauge and scale, {fmt(sp['median_sd_gauge'])} after the "
+                     f"gauge alone")
+    return "\n".join(lines)
+
+
 def _write_comparison(out: Path, runs: list[dict], *, task_name: str, states: list[str],
                       temperature: float) -> dict:
     """compare.{csv,json,md}, runs.csv, spread.csv, uncertainty.json and the two figures,

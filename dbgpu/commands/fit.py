@@ -22,6 +22,7 @@ import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def _stats_doc(input_path, summary, edges, fit, body: dict, *, reject: str, thre
     Vm = fit.V[fit.components.label == 0]
     return {
         "dbgpu_version": __version__,
-        "input": str(input_path),
+        "input": None if input_path is None else str(input_path),
         "input_kind": summary["kind"],
         "weights": edges.mode,
         "reject": None if exact or edges.mode == "counts" else reject,
@@ -167,28 +168,38 @@ def _errors_and_null(data, edges, fit, body, *, weights, reject, threshold, lapl
     return unc, sigma, nul
 
 
-def fit_input(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, reject: str = "high",
-              threshold: float = 0, weights: str | None = None, device: str = "auto",
-              method: str = "newton", laplace: bool = False, bootstrap: int = 0, null: int = 0,
-              seed: int = 0, progress: bool = False) -> dict:
-    """Load an input (paper JSON, transitions.jsonl or score directory), weight it, fit
-    the least-action potential, compute the statistics (and, when asked, error bars and
-    null distributions), write potential.json, stats.json, fit_points.npz (and
-    uncertainty.json) into out_dir; return the stats dict.
+@dataclass(frozen=True)
+class FitOutputs:
+    """What `dbgpu fit` writes, held in memory: `write_fit` puts it into a directory."""
+
+    potential: dict            # potential.json: {state: V or None}, input order
+    stats: dict                # stats.json (JSON-safe)
+    points: dict               # fit_points.npz: name -> array
+    sigma: dict | None         # uncertainty.json: {state: sigma or None}, or None without error bars
+
+
+def fit_data(data, *, input_label: str | None, reject: str = "high", threshold: float = 0,
+             weights: str | None = None, device: str = "auto", method: str = "newton", laplace: bool = False,
+             bootstrap: int = 0, null: int = 0, seed: int = 0, progress: bool = False,
+             started: float | None = None) -> FitOutputs:
+    """Weight an input already read (`dbgpu.data.Transitions` or `Kernel`), fit the
+    least-action potential, compute the statistics (and, when asked, error bars and null
+    distributions); write nothing. `input_label` is what stats.json records as the input;
+    `started` a `time.perf_counter()` to count stats.json's seconds from (default now).
 
     `weights` None means "paper" (with `reject`/`threshold`) for sampled inputs; exact
-    kernels always use w = T. Raises DbgpuError on bad input, before writing anything.
+    kernels always use w = T. Raises DbgpuError on bad input. Time and memory: those of
+    `fit_potential` and `detailed_balance_stats` (O(E) per iteration; the N x N kernel
+    is let go once its edges exist, when the caller holds no other reference to it).
     """
-    from dbgpu.data import make_edges, read_input
+    from dbgpu.data import make_edges
     from dbgpu.fit import fit_potential
     from dbgpu.graph import analysis_device
     from dbgpu.provenance import environment
     from dbgpu.stats import detailed_balance_stats
 
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if started is None else started
     dev = analysis_device(device)
-    check_out_dir(out_dir)
-    data = read_input(input_path)
     _check_options(data, laplace=laplace, bootstrap=bootstrap, null=null, seed=seed)
     weights = weights or "paper"
     edges = make_edges(data, weights=weights, reject=reject, threshold=threshold)
@@ -209,16 +220,53 @@ def fit_input(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, reje
     unc, sigma, nul = _errors_and_null(data, edges, fit, body, weights=weights, reject=reject,
                                        threshold=threshold, laplace=laplace, bootstrap=bootstrap, null=null,
                                        seed=seed, dev=dev, progress=progress)
-    stats = _stats_doc(input_path, summary, edges, fit, {**body, "uncertainty": unc, "null": nul},
+    stats = _stats_doc(input_label, summary, edges, fit, {**body, "uncertainty": unc, "null": nul},
                        reject=reject, threshold=threshold)
     stats["seconds"] = time.perf_counter() - t0
     stats["provenance"] = environment(dev)
-    stats = json_safe(stats)
     potential = {s: (None if not main[i] else float(fit.V[i])) for i, s in enumerate(edges.states)}
     sig = None if sigma is None else {s: (float(x) if math.isfinite(x) else None)
                                       for s, x in zip(edges.states, sigma)}
     arrays = _thin(arrays, ("pair_x", "pair_dV", "pair_var", "pair_f", "pair_g"), MAX_POINTS)
     points = {**arrays, **_graph_points(edges, fit), "V": fit.V, "states": np.array(edges.states, dtype=str),
               "sigma": np.full(len(edges.states), np.nan) if sigma is None else sigma}
-    _write_outputs(out_dir, potential=potential, stats=stats, points=points, sigma=sig)
-    return stats
+    return FitOutputs(potential=potential, stats=json_safe(stats), points=points, sigma=sig)
+
+
+def write_fit(out_dir: str | os.PathLike, fitted: FitOutputs) -> None:
+    """potential.json, stats.json, fit_points.npz (and uncertainty.json) into out_dir, as
+    its only writer, between the manifest's begin and finish (whole or refused)."""
+    check_out_dir(out_dir)
+    _write_outputs(out_dir, potential=fitted.potential, stats=fitted.stats, points=fitted.points,
+                   sigma=fitted.sigma)
+
+
+def fit_input(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, reject: str = "high",
+              threshold: float = 0, weights: str | None = None, device: str = "auto",
+              method: str = "newton", laplace: bool = False, bootstrap: int = 0, null: int = 0,
+              seed: int = 0, progress: bool = False) -> dict:
+    """`dbgpu fit`: read an input (paper JSON, transitions.jsonl or score directory),
+    `fit_data` it, `write_fit` the outputs into out_dir; return the stats dict. Raises
+    DbgpuError on bad input, before writing anything."""
+    from dbgpu.data import read_input
+    from dbgpu.graph import analysis_device
+
+    t0 = time.perf_counter()
+    analysis_device(device)                                   # an impossible device: before reading
+    check_out_dir(out_dir)
+    fitted = fit_data(read_input(input_path), input_label=str(input_path), reject=reject, threshold=threshold,
+                      weights=weights, device=device, method=method, laplace=laplace, bootstrap=bootstrap,
+                      null=null, seed=seed, progress=progress, started=t0)
+    write_fit(out_dir, fitted)
+    return fitted.stats
+
+
+def fit_summary(stats: dict) -> str:
+    """The headline of a fit, one line (what `dbgpu fit` prints)."""
+    from dbgpu.console import fmt
+
+    pw, comp = stats["pairwise"], stats["components"]
+    return (f"{stats['n_states']} states, {stats['n_edges']} edges; main component "
+            f"{comp['main_size']} states ({comp['count']} components); action "
+            f"{stats['action']:.6g}; pairwise r {fmt(pw['r'])}, slope {fmt(pw['slope'])}; "
+            f"Hodge gradient fraction {fmt(stats['hodge']['gradient_fraction'])}")

@@ -65,6 +65,13 @@ def analysis_summary(stats: dict, potential: dict, *, top: int = 5) -> str:
     return "\n".join(lines)
 
 
+def seed_states(task, n: int) -> list[str]:
+    """The task's first `n` seed states (at least 2)."""
+    if n < 2:
+        raise DbgpuError(f"--n-states must be at least 2, got {n}")
+    return task.seed_states(n)
+
+
 def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[str] | None = None,
             template_path=None, temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto",
             cache_dir=None, batch_tokens: int = 16384, max_logits: int | None = None, rows_per_block: int = 128,
@@ -78,9 +85,7 @@ def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[st
     from dbgpu.io import check_out_dir, locked_dir
 
     if states is None:
-        if n_states < 2:
-            raise DbgpuError(f"--n-states must be at least 2, got {n_states}")
-        states = task.seed_states(n_states)
+        states = seed_states(task, n_states)
     else:
         from dbgpu.tasks import canonical_states
 
