@@ -301,6 +301,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16")
     p.add_argument("--cache-dir", default=None, help="dequantised GGUF cache (default: user cache dir)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    _threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_compare)
 
@@ -311,6 +312,7 @@ def _cmd_compare(args) -> int:
     from dbgpu.io import parse_state_list, read_states_file
     from dbgpu.tasks import get_task
 
+    _set_threads(args)
     models = parse_state_list(args.models)
     templates = parse_state_list(args.templates) if args.templates else [None]
     if args.states:
@@ -351,6 +353,7 @@ def _add_explore(sub) -> None:
                    help=f"longer answers are truncated and rejected (default: the task's, word100 "
                         f"{DEFAULT_MAX_NEW_TOKENS}, formula 48)")
     p.add_argument("--seed", type=int, default=0, help="same seed, model and device: the same log (default 0)")
+    _threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_explore)
 
@@ -358,6 +361,7 @@ def _add_explore(sub) -> None:
 def _cmd_explore(args) -> int:
     from dbgpu.commands.explore import explore_job, summary_text
 
+    _set_threads(args)
     task = _task_from(args)
     res = explore_job(model=args.model, task=task, steps=args.steps, out=args.out, protocol=args.protocol,
                       batch=args.batch, start=args.start, temperature=args.temperature,
