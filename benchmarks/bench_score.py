@@ -1,6 +1,8 @@
 """Exact-kernel scoring throughput: dbgpu's tree scorer vs the baselines, same pairs, one run.
 
     python benchmarks/bench_score.py                                  # SmolLM2, CPU, N = 48 and 100
+    python benchmarks/bench_score.py --n 500 --tree-only                # the tree scorer alone, peak RSS
+    python benchmarks/bench_score.py --n 48 --tree-only --nproc 1 2     # + `dbgpu score` on 1 and 2 ranks
     python benchmarks/bench_score.py --model random:qwen2-0.5b --device cuda --dtype bfloat16 --n 100 500
 
 Methods, all on the same model, states and (context, continuation) texts:
@@ -14,6 +16,16 @@ timed on a seeded random subset of pairs and their time for all N^2 pairs is
 extrapolated from the mean time per pair (marked "est."). Values are compared with the
 tree scorer on the pairs each baseline ran. Warm-up before every timing; on CUDA
 `torch.cuda.synchronize()` brackets each timing and peak memory is reset per method.
+
+Columns: tok/fwd = token positions per forward pass (tree: the largest batch; baselines:
+one pair's sequence); peak MiB = CUDA memory allocated at the peak of that method, or on
+the CPU the process's peak resident set size when the method ended (the model included;
+the tree runs first, so its figure is its own).
+
+--nproc K1 K2 ...: the same state set scored by `dbgpu score` under torchrun with K ranks
+of one thread each (gloo on the CPU), rows cut into blocks of --nproc-block rows shared by
+the ranks; seconds = the scoring call's wall time on rank 0 (model loading excluded), and
+whether the matrix equals the one-rank matrix bit for bit.
 """
 
 from __future__ import annotations
@@ -21,8 +33,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,6 +100,11 @@ def lm_eval_scores(lm, sources, targets, states, pairs, *, batch_size: int) -> n
     return np.array([ll for ll, _ in hf.loglikelihood(reqs, disable_tqdm=True)])
 
 
+def peak_rss() -> int:
+    """The process's peak resident set size so far, bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def timed(fn, device):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -92,7 +113,7 @@ def timed(fn, device):
     value = fn()
     sync(device)
     seconds = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
     return value, seconds, peak
 
 
@@ -116,8 +137,12 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
     tree, sec, peak = timed(lambda: score_matrix(model, P, C, method="tree", pad_id=pad, stats=stats,
                                                  max_logits=args.max_logits, progress=args.progress), device)
     rows.append(dict(method="tree", pairs=all_pairs, seconds=sec, est=False, tokens=stats.tokens,
-                     peak=peak, max_diff=0.0,
+                     peak=peak, max_diff=0.0, tpf=stats.extra["tokens_per_forward"],
                      flops=forward_flops(n_body, stats.tokens, stats.logit_positions, cfg.hidden_size, V)))
+    if args.tree_only:
+        for r in rows:
+            r.update(n=n, lower_bound=bound, tree_seconds=rows[0]["seconds"])
+        return rows
 
     subset = rng.choice(all_pairs, size=min(args.baseline_pairs, all_pairs), replace=False)
     pairs = np.stack([subset // n, subset % n], 1) if not args.full else \
@@ -126,19 +151,20 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
     per_pair_tokens = np.mean([len(P[i]) + len(C[j]) for i, j in pairs])
     logit_pos = np.mean([len(C[j]) for _, j in pairs])      # positions a lean baseline needs logits at
 
-    def add(method, fn, warm):
+    def add(method, fn, warm, batch=1):
         warm()
         vals, s, pk = timed(fn, device)
         scale = all_pairs / len(pairs)
         rows.append(dict(method=method, pairs=len(pairs), seconds=s * scale, est=scale != 1,
-                         tokens=int(per_pair_tokens * all_pairs), peak=pk,
+                         tokens=int(per_pair_tokens * all_pairs), peak=pk, tpf=round(per_pair_tokens * batch),
                          max_diff=float(np.abs(vals - ref).max()),
                          flops=forward_flops(n_body, per_pair_tokens * len(pairs), logit_pos * len(pairs),
                                              cfg.hidden_size, V) * scale))
 
     if args.batched:
+        longest = max(len(P[i]) + len(C[j]) for i, j in pairs)
         add("batched", lambda: score_sequences(model, P, C, pairs, pad_id=pad),
-            lambda: score_sequences(model, P, C, pairs[:4], pad_id=pad))
+            lambda: score_sequences(model, P, C, pairs[:4], pad_id=pad), batch=min(256, len(pairs), 16384 // longest))
     add("per-pair", lambda: per_pair_loop(model, P, C, pairs, device),
         lambda: per_pair_loop(model, P, C, pairs[:2], device))
     if not args.no_lm_eval:
@@ -148,10 +174,52 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
             print("lm-eval not installed (pip install 'dbgpu[bench]'); skipping it", file=sys.stderr)
         else:
             add("lm-eval", lambda: lm_eval_scores(lm, enc.sources, enc.targets, states, pairs, batch_size=16),
-                lambda: lm_eval_scores(lm, enc.sources, enc.targets, states, pairs[:4], batch_size=16))
+                lambda: lm_eval_scores(lm, enc.sources, enc.targets, states, pairs[:4], batch_size=16),
+                batch=min(16, len(pairs)))
     for r in rows:
         r.update(n=n, lower_bound=bound, tree_seconds=rows[0]["seconds"])
     return rows
+
+
+def bench_nproc(args, n: int, task) -> list[dict]:
+    """`dbgpu score` of the N seed states under torchrun with K ranks of one thread each, for K
+    in args.nproc: rank 0's scoring wall seconds, and the matrix against the first K's."""
+    rows, first = [], None
+    with tempfile.TemporaryDirectory(prefix="bench-nproc-") as tmp:
+        states = Path(tmp) / "states.json"
+        states.write_text(json.dumps(task.seed_states(n)))
+        for k in args.nproc:
+            out = Path(tmp) / f"k{k}"
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={k}",
+                   "-m", "dbgpu", "score", "--model", args.model, "--task", "word100", "--states", str(states),
+                   "--device", "cpu", "--threads", "1", "--rows-per-block", str(args.nproc_block), "--quiet",
+                   "--out", str(out)] + (["--cache-dir", args.cache_dir] if args.cache_dir else [])
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"torchrun with {k} ranks failed:\n{r.stderr[-2000:]}")
+            wall = time.perf_counter() - t0
+            meta = json.loads((out / "meta.json").read_text())
+            logT = np.load(out / "logT.npy")
+            first = logT if first is None else first
+            call = meta["shards"]["calls"][-1]
+            rows.append(dict(n=n, ranks=k, seconds=call["wall_seconds"], process_seconds=wall,
+                             compute_seconds=meta["scoring"]["seconds"], equal=bool(np.array_equal(logT, first)),
+                             tpf=meta["scoring"].get("tokens_per_forward"), blocks=meta["shards"]["blocks"]))
+    return rows
+
+
+def print_nproc(rows: list[dict]) -> None:
+    print(f"\n{'N':>4} {'ranks':>5} {'blocks':>6} {'scoring s':>10} {'pairs/s':>9} {'speed-up':>8} "
+          f"{'rank-seconds':>12} {'process s':>9} {'tok/fwd':>8} {'same matrix':>11}")
+    base = rows[0]["seconds"]
+    for r in rows:
+        print(f"{r['n']:>4} {r['ranks']:>5} {r['blocks']:>6} {r['seconds']:>10.2f} {r['n'] ** 2 / r['seconds']:>9.1f} "
+              f"{base / r['seconds']:>7.2f}x {r['compute_seconds']:>12.2f} {r['process_seconds']:>9.2f} "
+              f"{r['tpf'] or '-':>8} {'yes' if r['equal'] else 'NO':>11}")
+    print("ranks of one thread each (torchrun, gloo); scoring s = rank 0's wall time from the job's start to the "
+          "assembled matrix (model loading excluded); rank-seconds = scoring seconds summed over ranks; "
+          "process s = the launch's wall time, loading included")
 
 
 def main(argv=None) -> int:
@@ -169,6 +237,10 @@ def main(argv=None) -> int:
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    ap.add_argument("--tree-only", action="store_true", help="time the tree scorer alone (no baselines)")
+    ap.add_argument("--nproc", type=int, nargs="*", default=None, metavar="K",
+                    help="also score with `dbgpu score` under torchrun on K ranks of one thread each (CPU)")
+    ap.add_argument("--nproc-block", type=int, default=8, help="rows per block for --nproc (default 8)")
     args = ap.parse_args(argv)
 
     lm = load_model(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
@@ -185,7 +257,7 @@ def main(argv=None) -> int:
         rows += bench_n(lm, task, n, args, rng)
     peak = peak_flops(device)
     hdr = (f"{'N':>4} {'method':<9} {'pairs run':>9} {'seconds (all N^2)':>18} {'pairs/s':>9} {'tokens':>10} "
-           f"{'tok/bound':>9} {'speed-up':>9} {'max|dlogT|':>10} {'MFU':>6} {'peak MiB':>9}")
+           f"{'tok/bound':>9} {'speed-up':>9} {'max|dlogT|':>10} {'MFU':>6} {'tok/fwd':>8} {'peak MiB':>9}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -194,12 +266,20 @@ def main(argv=None) -> int:
         pk = f"{r['peak'] / 2**20:.0f}" if r["peak"] is not None else "-"
         print(f"{r['n']:>4} {r['method']:<9} {r['pairs']:>9} {secs:>18} {r['n'] ** 2 / r['seconds']:>9.1f} "
               f"{r['tokens']:>10} {r['tokens'] / r['lower_bound']:>9.2f} {r['seconds'] / r['tree_seconds']:>8.1f}x "
-              f"{r['max_diff']:>10.2e} {mfu:>6} {pk:>9}")
+              f"{r['max_diff']:>10.2e} {mfu:>6} {r['tpf']:>8} {pk:>9}")
     print("speed-up = method seconds / tree seconds; tok/bound = token positions run / token-trie lower bound; "
-          "max|dlogT| = largest difference from the tree scorer on the pairs the method ran")
+          "max|dlogT| = largest difference from the tree scorer on the pairs the method ran; tok/fwd = token "
+          "positions per forward; peak MiB = " + ("CUDA memory allocated at the method's peak" if device.type == "cuda"
+                                                   else "the process's peak RSS when the method ended (model included)"))
+    nproc = []
+    for n in args.n if args.nproc else []:
+        nproc += bench_nproc(args, n, task)
+    if nproc:
+        print_nproc(nproc)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"versions": v, "model": args.model, "device": str(device), "rows": rows}, f, indent=2)
+            json.dump({"versions": v, "model": args.model, "device": str(device), "rows": rows, "nproc": nproc},
+                      f, indent=2)
     return 0
 
 

@@ -233,7 +233,7 @@ class Kernel:
 def kernel(model: LM | str, task: Task | str, states: States, *, temperature: float = 1.0,
            method: str = "tree", template: str | None = None, answer_prefix: str | None = None,
            device: str = "auto", dtype: str = "auto", cache_dir: PathLike | None = None,
-           batch_tokens: int = 16384, max_logits: int | None = None, rows_per_block: int = 128,
+           batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
            out: PathLike | None = None, overwrite: bool = False, progress: bool = True,
            profile: PathLike | None = None, surface_forms: str = "canonical") -> Kernel | None:
     """The exact kernel log T(f, g) of a state set under a model, by teacher forcing: what

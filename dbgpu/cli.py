@@ -59,11 +59,13 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring")
     g.add_argument("--method", default="tree", choices=["tree", "plain"],
                    help="tree: shared-prefix cache + continuation trie (default); plain: one padded row per pair")
-    g.add_argument("--batch-tokens", type=int, default=16384, help="plain: token budget per forward pass")
+    g.add_argument("--batch-tokens", type=int, default=None, metavar="T",
+                   help="token positions per forward pass (default: tree 32768 on CUDA, 4096 on CPU, also "
+                        "kept within a working-memory budget; plain 16384); rows halved automatically on "
+                        "out-of-memory. --dry-run prints the plan")
     g.add_argument("--max-logits", type=int, default=None,
-                   help="float32 logits the head holds at once (both methods); tree: also the bound on "
-                        "rows x kept positions x vocab per forward (default 2^28 on CUDA, 2^26 on CPU; "
-                        "rows halved automatically on out-of-memory)")
+                   help="float32 logits the head holds at once, both methods (default 2^28 on CUDA, 2^26 on "
+                        "CPU); the head is chunked, so this does not bound the rows per forward")
     g.add_argument("--rows-per-block", type=int, default=128, metavar="R",
                    help="source rows per shard: each block is written as it finishes, so a crash loses "
                         "at most the blocks in flight and a second call resumes (default 128)")
@@ -73,6 +75,9 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
                         "case, with and without the leading space), nearer what the agent counts")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh when DIR holds a score with other settings (default: refuse)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="print the batch plan (rows and token positions per forward, predicted peak memory) "
+                        "from the model's config and tokenizer, without loading weights; write nothing")
     _threads_option(g)
 
 
@@ -131,12 +136,30 @@ def _add_score(sub) -> None:
     p.set_defaults(func=_cmd_score)
 
 
+def _dry_run(args, task, states) -> int:
+    """Print the batch plan of a score (or run) without loading weights; write nothing."""
+    from dbgpu.commands.score import plan_job
+    from dbgpu.scoring.plan import plan_table
+
+    _set_threads(args)
+    p = plan_job(model=args.model, task=task, states=states, method=args.method, device=args.device,
+                 dtype=args.dtype, cache_dir=args.cache_dir, batch_tokens=args.batch_tokens,
+                 max_logits=args.max_logits, rows_per_block=args.rows_per_block, surface_forms=args.surface_forms)
+    plan = p["plan"]
+    print(plan_table(plan, title=f"dry run: {args.model} ({p['resolved']['path']}), {p['n_states']} states, "
+                                 f"method {plan['method']}, {plan['device_type']} defaults, {p['dtype']}; "
+                                 f"nothing loaded or written"))
+    return 0
+
+
 def _cmd_score(args) -> int:
     from dbgpu.commands.score import score_job
     from dbgpu.io import parse_state_list, read_states_file
 
     task = _task_from(args)
     states = read_states_file(args.states) if args.states else parse_state_list(args.state_list)
+    if args.dry_run:
+        return _dry_run(args, task, states)
     meta = score_job(task=task, states=states, out=args.out, profile=args.profile, **_scoring_kwargs(args))
     if meta is None:                              # another rank of a launched job: rank 0 reports
         return 0
@@ -177,6 +200,11 @@ def _cmd_run(args) -> int:
     from dbgpu.io import read_states_file
 
     states = read_states_file(args.states) if args.states else None
+    if args.dry_run:
+        task = _task_from(args)
+        if states is None and args.n_states < 2:
+            raise DbgpuError(f"--n-states must be at least 2, got {args.n_states}")
+        return _dry_run(args, task, states if states is not None else task.seed_states(args.n_states))
     run_job(task=_task_from(args), n_states=args.n_states, states=states, out=args.out, **_scoring_kwargs(args))
     return 0
 

@@ -26,6 +26,20 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def device_type(device: str | torch.device | None) -> str:
+    """'cpu' or 'cuda': the kind of device `device` names, without requiring it to be present
+    (a plan for a GPU can be made on a machine without one); 'auto' as resolve_device."""
+    if device is None or str(device) == "auto":
+        return resolve_device(device).type
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise DbgpuError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
+    return kind
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """bf16 on CUDA, fp32 on CPU, unless the user names one."""
     if isinstance(dtype, torch.dtype):

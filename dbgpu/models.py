@@ -195,9 +195,9 @@ def byte_tokenizer(*, chat: bool):
     return fast
 
 
-def random_model(arch: str, *, seed: int = 0, vocab_size: int | None = None, overrides: dict | None = None):
-    """(model, tokenizer) with random weights from a config; same seed, same weights."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def random_config(arch: str, *, vocab_size: int | None = None, overrides: dict | None = None):
+    """(config, tokenizer) of a random architecture (no weights)."""
+    from transformers import AutoConfig
 
     spec = dict(RANDOM_CONFIGS[arch])
     chat = spec.pop("chat")
@@ -211,6 +211,14 @@ def random_model(arch: str, *, seed: int = 0, vocab_size: int | None = None, ove
     config.bos_token_id = tokenizer.bos_token_id if fits else None
     config.eos_token_id = tokenizer.eos_token_id if fits else None
     config.pad_token_id = tokenizer.pad_token_id if fits else None
+    return config, tokenizer
+
+
+def random_model(arch: str, *, seed: int = 0, vocab_size: int | None = None, overrides: dict | None = None):
+    """(model, tokenizer) with random weights from a config; same seed, same weights."""
+    from transformers import AutoModelForCausalLM
+
+    config, tokenizer = random_config(arch, vocab_size=vocab_size, overrides=overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -368,6 +376,34 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None =
               device=dev, dtype=dt, load_seconds=seconds, from_cache=from_cache,
               info={"model_type": model.config.model_type, "class": type(model).__name__,
                     "n_params": sum(p.numel() for p in model.parameters()), **info})
+
+
+def model_config(name: str = DEFAULT_MODEL, *, cache_dir: str | Path | None = None) -> tuple[object, object, dict]:
+    """(config, tokenizer, resolved) of `name` without loading its weights: a random
+    architecture's config; a directory's config.json; a GGUF file's metadata (from the
+    dequantised cache when it holds the file, in well under a second, else parsed from the
+    file: tens of seconds for the tokenizer tables); a hub id's config (needs the hub)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    r = resolve_model(name, cache_dir=cache_dir)
+    resolved = {"path": r["path"], "gguf_file": r.get("gguf_file")}
+    if r["kind"] == "random":
+        config, tok = random_config(r["path"].split(":", 1)[1])
+        return config, tok, resolved
+    where, extra = r["path"], {}
+    if r["kind"] == "gguf":
+        gguf = Path(r["path"])
+        cached = gguf_cache_path(gguf, cache_dir)
+        where, extra = (cached, {}) if (cached / "config.json").is_file() else (gguf.parent, {"gguf_file": gguf.name})
+    try:
+        config = AutoConfig.from_pretrained(where, trust_remote_code=False, **extra)
+        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **extra)
+    except (OSError, ValueError) as e:
+        raise DbgpuError(f"cannot read the config of model {name}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return config, tok, resolved
 
 
 # ----------------------------------------------------------------------------- version shims

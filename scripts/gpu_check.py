@@ -11,6 +11,8 @@ all of them within --budget seconds (a step that cannot start in time is skipped
                   stationary distribution CUDA == CPU, a real out-of-memory back-off,
                   per-call peak memory)
   score-qwen2     bench_score.py random:qwen2-0.5b, N = 100 and 500, bf16
+  plan            bench_plan.py --measure: the batch plan's predicted peak memory and rows
+                  per forward against a run (random:qwen2-0.5b, N = 300 and 500)
   fit-1m          bench_fit.py --cuda-large (1M states, 10M edges)
   sample          bench_sample.py --device cuda --dtype bfloat16 (batch sweep)
   score-llama     bench_score.py random:llama-3.2-1b, N = 100 and 500, bf16
@@ -75,6 +77,9 @@ def steps() -> list[Step]:
         Step("cuda-tests", "pytest -m cuda", pytest, pytest, 90, 240, MODEL + ("pytest",)),
         Step("score-qwen2", "scoring random:qwen2-0.5b, N = 100, 500, bf16", score("random:qwen2-0.5b"),
              tiny_score, 70, 180),
+        Step("plan", "the batch plan against a run: random:qwen2-0.5b, N = 300, 500, bf16",
+             [bench + "bench_plan.py", "--measure", "--n", "300", "500", "--shapes", "Qwen2-0.5B"],
+             [bench + "bench_plan.py", "--measure", "--n", "4", "--models", "random:qwen2"], 45, 120),
         Step("fit-1m", "least-action fit, 1M states / 10M edges", [bench + "bench_fit.py", "--cuda-large",
              "--device", "cuda"], [bench + "bench_fit.py", "--cuda-large", "--states", "3000", "--edges", "30000",
              "--device", "cpu"], 60, 150, FIT),

@@ -4,6 +4,7 @@ per-pair forward pass; its trie, its memory chunking, its out-of-memory back-off
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from conftest import reference_logT
 from dbgpu.formatting import encode_states
 from dbgpu.scoring import ScoreStats, score_matrix
 from dbgpu.scoring.tree import tree_score_matrix
-from dbgpu.scoring.trie import build_trie, common_prefix_length, trie_lower_bound
+from dbgpu.scoring.trie import build_trie, common_prefix_length, path_nodes, trie_lower_bound
 
 STATES = ["ATTITUDE", "BUZZY", "EXCELLENT", "TURKEY", "PROBLEMS", "PERSONAL", "PURSUE"]
 
@@ -30,10 +31,9 @@ def test_trie_golden():
     assert t.n_internal == 5 and t.n_nodes == 9
     assert sorted(t.token[:t.n_internal].tolist()) == [4, 5, 6, 7, 8]
     for j, c in enumerate(conts):                       # each path spells its continuation
-        nodes = np.flatnonzero(t.paths[:, j])
-        assert sorted(t.token[nodes].tolist()) == sorted(c)
-        assert len(nodes) == len(c)
-        assert sorted(t.depth[nodes].tolist()) == list(range(len(c)))
+        nodes = path_nodes(t, j)[::-1]                  # root child first
+        assert t.token[nodes].tolist() == c
+        assert t.depth[nodes].tolist() == list(range(len(c)))
     assert np.all(t.parent[:t.n_internal] < np.arange(t.n_internal)), "parents come first"
 
 
@@ -43,6 +43,12 @@ def test_prefix_and_lower_bound_golden():
     assert common_prefix_length([[1, 2, 3]]) == 2          # the last token is always scored
     # distinct prompt prefixes: 1, 12, 123, 1234, 125, 1236 = 6; trie internal nodes of conts: 7, 7-8 = 2
     assert trie_lower_bound(prompts, [[7, 8, 0], [7, 0]]) == 6 + 3 * 2
+
+
+# (token budget, max rows, head logits as multiples of V): all rows in one batch; a budget
+# smaller than any row (one row per forward, every target its own trie chunk); one row; three
+# rows; target chunks from a small budget with a small head chunk; two rows and a small head chunk
+BUDGETS = [(None, 256, None), (1, 256, None), (None, 1, None), (None, 3, None), (40, 256, 4), (90, 2, 6)]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
@@ -55,13 +61,40 @@ def test_tree_equals_plain_and_per_pair_forward(tiny_lms, word_task, arch):
     plain = score_matrix(lm.model, P, C, method="plain")
     ref = np.array([[reference_logT(lm.model, p, c) for c in C[:3]] for p in P[:3]])
     np.testing.assert_allclose(plain[:3, :3], ref, atol=2e-5, rtol=0)
+    golden = np.load(Path(__file__).parent / "data" / "tree_golden.npz")   # the scorer before token budgets
+    assert golden["states"].tolist() == STATES
     V = lm.model.get_output_embeddings().weight.shape[0]
-    for max_rows, max_logits in [(256, None), (1, None), (3, None), (256, 6 * V), (2, 4 * V)]:
+    chunks, rows = set(), set()
+    for tokens, max_rows, logits in BUDGETS:
         stats = ScoreStats()
-        tree = tree_score_matrix(lm.model, P, C, max_rows=max_rows, max_logits=max_logits,
-                                 pad_id=lm.tokenizer.pad_token_id, stats=stats)
-        np.testing.assert_allclose(tree, plain, atol=2e-5, rtol=0, err_msg=f"{max_rows} {max_logits}")
-    assert stats.extra["target_chunks"] > 1, "the smallest budget must split the targets"
+        tree = tree_score_matrix(lm.model, P, C, batch_tokens=tokens, max_rows=max_rows,
+                                 max_logits=logits and logits * V, stats=stats)
+        what = f"budget {tokens} tokens, {max_rows} rows, {logits} x V logits"
+        np.testing.assert_allclose(tree, plain, atol=2e-5, rtol=0, err_msg=what)
+        np.testing.assert_allclose(tree, golden[arch], atol=1e-5, rtol=0, err_msg=what)
+        tpf = stats.extra["tokens_per_forward"]
+        assert tpf <= (tokens or 4096) or stats.extra["rows_per_forward"] == 1, what   # 4096: the CPU default
+        chunks.add(stats.extra["target_chunks"])
+        rows.add(stats.extra["rows_per_forward"])
+    assert max(chunks) > 1, "a small token budget must split the targets"
+    assert 1 in rows and max(rows) >= 3, "one row per forward and several"
+
+
+def test_path_sums_equal_a_dense_path_matrix():
+    """Parent-pointer sums against an independent dense 0/1 (nodes x targets) product."""
+    from dbgpu.scoring.tree import path_sums, trie_layout
+
+    conts = [[5, 6, 9], [5, 7, 9], [5, 6, 8, 9], [4, 9], [5, 6]]
+    t = build_trie(conts)
+    dense = np.zeros((t.n_nodes, len(conts)))
+    for j, c in enumerate(conts):                       # walk each continuation from the root by tokens
+        node = -1
+        for tok in c:
+            node = next(m for m in range(t.n_nodes) if t.parent[m] == node and t.token[m] == tok)
+            dense[node, j] = 1.0
+    lp = torch.randn(3, t.n_nodes, generator=torch.Generator().manual_seed(0))
+    got = path_sums(lp, trie_layout(t, "cpu"))
+    np.testing.assert_allclose(got.numpy(), lp.double().numpy() @ dense, atol=1e-12)
 
 
 def test_sliding_window_mask_is_what_makes_gemma3_exact(tiny_lms, word_task, monkeypatch):

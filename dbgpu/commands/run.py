@@ -74,7 +74,7 @@ def seed_states(task, n: int) -> list[str]:
 
 def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[str] | None = None,
             template_path=None, temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto",
-            cache_dir=None, batch_tokens: int = 16384, max_logits: int | None = None, rows_per_block: int = 128,
+            cache_dir=None, batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
             overwrite: bool = False, progress: bool = True, surface_forms: str = "canonical", log=print) -> dict:
     """Seed states (or `states`) -> score -> fit -> explain -> report in `out`. Returns
     {"meta", "stats", "report", "explain"} ({} on the other ranks of a launched job)."""

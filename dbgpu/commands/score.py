@@ -37,7 +37,7 @@ from dbgpu.tasks import Task
 SCORE_FILES = ("states.json", "logT.npy", "prompts.json", "meta.json")
 
 
-def check_score_options(*, temperature: float, method: str, max_logits: int | None, batch_tokens: int,
+def check_score_options(*, temperature: float, method: str, max_logits: int | None, batch_tokens: int | None,
                         rows_per_block: int = 128, surface_forms: str = "canonical") -> None:
     """Every scoring option, checked before any work (one-line errors)."""
     from dbgpu.formatting import SURFACE_FORMS
@@ -48,7 +48,7 @@ def check_score_options(*, temperature: float, method: str, max_logits: int | No
     check_temperature(temperature)
     check_method(method)
     check_positive("max logits", max_logits, allow_none=True)
-    check_positive("batch tokens", batch_tokens)
+    check_positive("batch tokens", batch_tokens, allow_none=True)
     check_positive("rows per block", rows_per_block)
 
 
@@ -67,6 +67,52 @@ def profiled(out: Path | None, device):
     tmp = out / ".trace.json.tmp"
     prof.export_chrome_trace(str(tmp))
     os.replace(tmp, out / "trace.json")
+
+
+def scoring_plan(config, enc, *, method: str, device_type: str, dtype: str, batch_tokens: int | None,
+                 max_logits: int | None, rows_per_block: int, n_params: int | None = None) -> dict:
+    """The batch plan of scoring `enc` (an `Encoded` state set) under a model of this config
+    on this device type, computed before any scoring (`dbgpu.scoring.plan`): what
+    meta.json records under scoring.plan and `--dry-run` prints. n_params: the exact count
+    when the weights are loaded, else estimated from the config."""
+    from dbgpu.scoring.plain import PLAIN_BATCH_TOKENS
+    from dbgpu.scoring.plan import default_budget, model_shape, plan_plain, plan_scoring
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    shape = model_shape(text, dtype=dtype, n_params=n_params)
+    if method == "plain":
+        budget = default_budget(device_type, tokens=batch_tokens or PLAIN_BATCH_TOKENS, head_logits=max_logits)
+        longest = max(map(len, enc.prompt_ids)) + max(map(len, enc.scored_ids))
+        plan = plan_plain(shape, n_pairs=len(enc.prompt_ids) * len(enc.scored_ids), longest=longest, budget=budget)
+    else:
+        budget = default_budget(device_type, tokens=batch_tokens, head_logits=max_logits)
+        plan = plan_scoring(shape, enc.prompt_ids, enc.scored_ids, budget, block_rows=rows_per_block)
+    return {"method": method, "device_type": device_type, **plan.as_dict()}
+
+
+def plan_job(*, model: str, task: Task, states: list[str], method: str = "tree", device="auto", dtype="auto",
+             cache_dir=None, batch_tokens: int | None = None, max_logits: int | None = None,
+             rows_per_block: int = 128, surface_forms: str = "canonical") -> dict:
+    """`dbgpu score --dry-run`: the batch plan of a score job from the model's config and
+    tokenizer, without loading its weights and without writing anything. The device need
+    not be present (plan for CUDA on a laptop)."""
+    import torch
+
+    from dbgpu.devices import device_type, resolve_dtype
+    from dbgpu.formatting import encode_states
+    from dbgpu.models import model_config
+    from dbgpu.tasks import canonical_states
+
+    check_score_options(temperature=1.0, method=method, max_logits=max_logits, batch_tokens=batch_tokens,
+                        rows_per_block=rows_per_block, surface_forms=surface_forms)
+    states = canonical_states(task, states)
+    kind = device_type(device)
+    dt = str(resolve_dtype(dtype, torch.device(kind))).removeprefix("torch.")
+    config, tok, resolved = model_config(model, cache_dir=cache_dir)
+    enc = encode_states(tok, task, states, surface_forms=surface_forms)
+    plan = scoring_plan(config, enc, method=method, device_type=kind, dtype=dt, batch_tokens=batch_tokens,
+                        max_logits=max_logits, rows_per_block=rows_per_block)
+    return {"model": model, "resolved": resolved, "dtype": dt, "n_states": len(states), "plan": plan}
 
 
 def _sha256(obj) -> str:
@@ -126,7 +172,7 @@ def _open_job(out: Path, settings: dict, *, overwrite: bool) -> tuple[dict | Non
 
 def score_job(*, model: str, task: Task, states: list[str], out: str | Path, template_path=None,
               temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto", cache_dir=None,
-              batch_tokens: int = 16384, max_logits: int | None = None, rows_per_block: int = 128,
+              batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
               overwrite: bool = False, progress: bool = True, profile: str | Path | None = None, lm=None,
               surface_forms: str = "canonical") -> dict:
     """Score `states` under `model` into a score directory (resuming one that is part done).
@@ -207,6 +253,12 @@ def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, se
     dd.barrier(ranks)
     done, damaged = shards.read_shards(out, blocks, len(states))
     missing = [k for k in range(len(blocks)) if k not in done]
+    from dbgpu.models import text_config
+
+    plan = scoring_plan(text_config(lm.model), enc, method=options["method"], device_type=lm.device.type,
+                        dtype=settings["dtype"], batch_tokens=options["batch_tokens"],
+                        max_logits=options["max_logits"], rows_per_block=settings["rows_per_block"],
+                        n_params=sum(p.numel() for p in lm.model.parameters()))
     weight = np.array([sum(len(enc.prompt_ids[i]) for i in b) for b in blocks], dtype=float)
     mine = shards.assign_blocks(missing, weight, ranks.world)[ranks.rank]
     with profiled(ensure_out_dir(profile) if profile and ranks.main else None, lm.device):
@@ -218,7 +270,7 @@ def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, se
     job["calls"][-1].update(damaged=[p.name for p in damaged], wall_seconds=time.perf_counter() - t0)
     write_json_atomic(out / shards.JOB, job)
     meta = _assemble(lm, task, states, out, enc=enc, job=job, template_path=template_path,
-                     temperature=options["temperature"], method=options["method"])
+                     temperature=options["temperature"], method=options["method"], plan=plan)
     if profile is not None:
         _write_profile(meta, profile, call=call)
     return meta
@@ -242,7 +294,7 @@ def _score_blocks(lm, enc, blocks: list[np.ndarray], mine: list[int], out: Path,
     from dbgpu.scoring import ScoreStats, score_matrix, sum_surface_forms
 
     method, temperature = options["method"], options["temperature"]
-    kw = {"max_logits": options["max_logits"], **({"batch_tokens": options["batch_tokens"]} if method == "plain" else {})}
+    kw = {"max_logits": options["max_logits"], "batch_tokens": options["batch_tokens"]}
     n = len(enc.scored_ids)
     bar = progress_bar(total=sum(len(blocks[k]) for k in mine) * n, enabled=progress, desc="scoring pairs",
                        unit="pair")
@@ -258,7 +310,7 @@ def _score_blocks(lm, enc, blocks: list[np.ndarray], mine: list[int], out: Path,
     bar.close()
 
 
-def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, temperature, method) -> dict:
+def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, temperature, method, plan: dict) -> dict:
     """Every shard present: write the score directory (meta.json last) and drop the shards."""
     from dbgpu import shards
     from dbgpu.data import write_score_dir
@@ -272,7 +324,7 @@ def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, tem
                          f"scoring (a rank failed?); run the same command again to score them")
     stats = merge_stats([s.stats for s in done.values()])
     bound = trie_lower_bound(enc.prompt_ids, enc.scored_ids)
-    stats.update(trie_lower_bound=bound, tokens_over_lower_bound=stats["tokens"] / bound)
+    stats.update(trie_lower_bound=bound, tokens_over_lower_bound=stats["tokens"] / bound, plan=plan)
     per_call, by_call = {}, {}
     for s in done.values():
         per_call[str(s.call)] = per_call.get(str(s.call), 0) + len(s.rows)

@@ -6,6 +6,7 @@ over the tokens y of continuation(g) (answer + end-of-turn token), given prompt(
 
     plain.py   the reference: every pair its own padded row
     tree.py    the fast scorer: shared-prefix cache + continuation trie + tree masks
+    plan.py    its batch plan (rows, token positions, predicted memory per forward; no torch)
     trie.py    tries, common prefixes, the work lower bound (no model)
     prefix.py  padding and the shared-prefix prefill (also used by sampling)
     head.py    the precision policy: hidden states -> float32 log-probs (also used by sampling)
@@ -38,9 +39,10 @@ def score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, met
                  **kwargs) -> np.ndarray:
     """log T for every (prompt, continuation) pair: (N, M) float64, row = source.
 
-    method="plain": every pair its own padded row (the reference; kwargs batch_tokens,
-    max_batch, padding_side). method="tree": shared-prefix cache + continuation trie
-    (kwarg max_rows). Both take temperature, pad_id, progress, stats, max_logits.
+    method="plain": every pair its own padded row (the reference; kwargs max_batch,
+    padding_side). method="tree": shared-prefix cache + continuation trie (kwargs max_rows,
+    work_bytes). Both take temperature, pad_id, progress, stats, batch_tokens (token positions
+    per forward; default per method and device) and max_logits (float32 logits held at once).
     """
     if check_method(method) == "tree":
         return tree_score_matrix(model, prompts, conts, **kwargs)
@@ -59,7 +61,7 @@ def sum_surface_forms(logT_forms: np.ndarray, starts) -> np.ndarray:
 
 
 def exact_kernel(lm, task, states: list[str], *, temperature: float = 1.0, method: str = "tree",
-                 batch_tokens: int = 16384, max_logits: int | None = None, progress: bool = False,
+                 batch_tokens: int | None = None, max_logits: int | None = None, progress: bool = False,
                  stats: ScoreStats | None = None, surface_forms: str = "canonical"):
     """log T over all pairs of `states` for a loaded model: (logT (N, N), prompts.json dict, ScoreStats).
     surface_forms="all": T(f, g) sums the probabilities of every surface form of g (one
@@ -67,11 +69,10 @@ def exact_kernel(lm, task, states: list[str], *, temperature: float = 1.0, metho
     from dbgpu.formatting import encode_states
 
     enc = encode_states(lm.tokenizer, task, states, surface_forms=surface_forms)
-    options = {"batch_tokens": batch_tokens} if method == "plain" else {}
     stats = stats if stats is not None else ScoreStats()
     logT = score_matrix(lm.model, enc.prompt_ids, enc.scored_ids, method=method, temperature=temperature,
                         pad_id=lm.tokenizer.pad_token_id, progress=progress, stats=stats,
-                        max_logits=max_logits, **options)
+                        max_logits=max_logits, batch_tokens=batch_tokens)
     if enc.form_starts is not None:
         logT = sum_surface_forms(logT, enc.form_starts)
     stats.extra["trie_lower_bound"] = trie_lower_bound(enc.prompt_ids, enc.scored_ids)

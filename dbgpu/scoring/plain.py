@@ -23,6 +23,8 @@ from dbgpu.scoring.head import hidden_states, output_head, token_logprobs
 from dbgpu.scoring.prefix import pad_sequences
 from dbgpu.scoring.stats import ScoreStats
 
+PLAIN_BATCH_TOKENS = 16384           # token positions per forward when the caller names none
+
 
 def _batches(lengths: np.ndarray, *, batch_tokens: int, max_batch: int) -> list[np.ndarray]:
     """Row indices grouped into batches, longest rows first, each within the token budget."""
@@ -70,14 +72,16 @@ def _score_batch(model, head, seqs: list[list[int]], plen: np.ndarray, clen: np.
 
 @torch.inference_mode()
 def score_sequences(model, prompts: list[list[int]], conts: list[list[int]], pairs: np.ndarray, *,
-                    temperature: float = 1.0, batch_tokens: int = 16384, max_batch: int = 256,
+                    temperature: float = 1.0, batch_tokens: int | None = None, max_batch: int = 256,
                     padding_side: str = "left", pad_id: int = 0, progress: bool = False,
                     stats: ScoreStats | None = None, max_logits: int | None = None) -> np.ndarray:
     """Sum of continuation log-probs for each (prompt index, continuation index) row of `pairs`.
 
-    pairs: (P, 2) int array. Returns (P,) float64. max_logits: float32 logits the head holds
-    at once (default `head.default_max_elements`).
+    pairs: (P, 2) int array. Returns (P,) float64. batch_tokens: token positions per forward
+    (default PLAIN_BATCH_TOKENS); max_logits: float32 logits the head holds at once (default
+    `head.default_max_elements`).
     """
+    batch_tokens = batch_tokens or PLAIN_BATCH_TOKENS
     check_temperature(temperature)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be left or right, not {padding_side!r}")

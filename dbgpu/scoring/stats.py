@@ -109,11 +109,11 @@ def merge_stats(parts: list[dict]) -> dict:
             elif k == "stage_seconds":
                 for name, s in (v or {}).items():
                     total[k][name] = total[k].get(name, 0.0) + s
-            elif k in ("peak_memory_bytes", "target_chunks"):
+            elif k in ("peak_memory_bytes", "target_chunks", "tokens_per_forward"):
                 total[k] = v if total.get(k) is None else max(total[k], v or 0)
             elif k in ("rows_per_forward", "shared_prefix"):
                 total[k] = v if k not in total else min(total[k], v)
-            elif k not in ("pairs_per_second", "tokens_per_second"):
+            elif k not in ("pairs_per_second", "tokens_per_second", "plan"):   # a call's plan: not the job's
                 total.setdefault(k, v)
     for k in summed[:-1]:
         total.setdefault(k, 0)

@@ -9,32 +9,42 @@ scored against the same set of continuations. So:
    (`trie.build_trie`) holds every distinct continuation prefix once (its internal
    nodes; leaves are only predicted, never fed), laid out flat with an additive float
    tree-attention mask (a node sees the prefix, its row's suffix, and its own ancestors)
-   and position ids = prompt length + depth;
+   and position ids = prompt length + depth. Rows are taken longest suffix first, so a
+   batch pads little; the mask of the batch's width is built once and shared by its rows
+   (a view, when no row is padded; else one copy with each row's padding masked);
 3. the logits at the suffix's last token and at each internal node give the log-prob of
-   every trie edge; summing edges along each continuation's path (a 0/1 path matrix,
-   float64) gives log T(f, g) for all targets at once.
+   every trie edge; summing edges down the tree by parent pointers, one tree level at a
+   time (float64), gives log T(f, g) for all targets at once.
 
+The trie's layout (tokens, depths, ancestor table, head indices, levels) is built once
+per target chunk and kept on the device; the shared mask once per chunk and batch width.
 Sliding-window layers get their own mask (a per-layer-type dict, as Gemma3 and Qwen2
 take it); the attention implementation must accept an arbitrary additive mask (sdpa or
-eager). Rows per forward are sized from a logits budget and halved on out-of-memory.
-Results equal the plain scorer (`dbgpu.scoring.plain.score_sequences`) to float rounding.
+eager). Rows per forward come from the batch plan (`plan.plan_batches`: a token budget
+and working memory; the float32 head is chunked, so logits never bound the batch) and are
+halved on out-of-memory. Results equal the plain scorer
+(`dbgpu.scoring.plain.score_sequences`) to float rounding.
 
-Cost: token positions = the trie lower bound (distinct prompt tokens + N x internal
-trie nodes); memory per forward: rows x (suffix + trie) x (prefix + suffix + trie)
-mask entries in the model dtype, plus rows x (internal nodes + 1) x vocab float32 logits.
+Cost: token positions = the trie lower bound (distinct prompt tokens + N x internal trie
+nodes); attention per row O(Q x K) with Q = suffix + internal nodes, K = prefix + Q;
+memory per forward as `plan.memory` predicts: the (Q, K) masks (shared, plus one per row
+when rows are padded), the batch's KV cache, one layer's activations, one chunk of float32
+logits.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from dbgpu.console import progress as progress_bar
 from dbgpu.errors import DbgpuError, check_temperature
-from dbgpu.scoring.head import default_max_elements, hidden_states, output_head, token_logprobs
 from dbgpu.models import text_config
+from dbgpu.scoring.head import hidden_states, output_head, token_logprobs
+from dbgpu.scoring.plan import default_budget, model_shape, plan_scoring, rows_per_forward
 from dbgpu.scoring.prefix import run_prefix
 from dbgpu.scoring.stats import ScoreStats
 from dbgpu.scoring.trie import Trie, build_trie, common_prefix_length, target_chunks
@@ -55,23 +65,28 @@ def _layer_windows(config) -> dict[str, int | None]:
     return {k: (window if k == "sliding_attention" else None) for k in kinds}
 
 
-def tree_masks(allowed: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor, *, config, dtype) -> object:
-    """Additive float masks (B, 1, Q, K) from a structural bool mask, one per layer kind.
+def tree_masks(allowed: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor, *, config, dtype) -> dict:
+    """Additive float masks (1, 1, Q, K), one per layer kind: {kind: (mask, window or None)}.
 
-    allowed (B, Q, K): what each query may see ignoring windows; qpos (B, Q), kpos (B, K):
-    logical positions. Returns a tensor, or a {layer kind: tensor} dict when the model
-    mixes full and sliding layers.
+    allowed (Q, K): what each query may see ignoring windows (every query sees at least
+    itself or the prefix); qpos (Q,), kpos (K,): logical positions. Each mask is a view of a
+    (1, 1, Q, K16) tensor, K16 = K rounded up to 16, so that its rows are aligned as fused
+    attention kernels need (an unaligned mask is padded by a copy in every layer).
     """
     neg = torch.finfo(dtype).min
     out = {}
     for kind, window in _layer_windows(config).items():
         ok = allowed
         if window is not None:
-            ok = ok & ((qpos[:, :, None] - kpos[:, None, :]) < window)
-        # a query that may see nothing (padding) sees key 0, so softmax stays finite
-        ok = ok | (~ok.any(-1, keepdim=True) & (torch.arange(ok.shape[-1], device=ok.device) == 0))
-        out[kind] = torch.zeros(ok.shape, dtype=dtype, device=ok.device).masked_fill_(~ok, neg)[:, None]
-    return next(iter(out.values())) if len(out) == 1 else out
+            ok = ok & ((qpos[:, None] - kpos[None, :]) < window)
+        out[kind] = (_aligned((1, 1) + tuple(allowed.shape), dtype, allowed.device).masked_fill_(~ok, neg), window)
+    return out
+
+
+def _aligned(shape: tuple, dtype, device) -> torch.Tensor:
+    """Zeros of `shape` whose last dimension is a view of one rounded up to 16 elements."""
+    *lead, K = shape
+    return torch.zeros((*lead, -(-K // 16) * 16), dtype=dtype, device=device)[..., :K]
 
 
 # Text-model types whose forward this scorer was checked against (transformers 5.24): each
@@ -124,8 +139,12 @@ def check_attention(model) -> None:
                          f"(sdpa or eager), not {impl}; use --method plain")
 
 
+# ----------------------------------------------------------------------------- trie layout
+
+
 def ancestors(trie: Trie, device) -> torch.Tensor:
-    """(I, I) bool: internal node i sees internal node j (j is i or one of its ancestors)."""
+    """(I, I) bool: internal node i sees internal node j (j is i or one of its ancestors).
+    One tree level per step: O(depth x I) work, O(I^2) bits."""
     I = trie.n_internal
     anc = torch.eye(I, dtype=torch.bool, device=device)
     par = torch.as_tensor(trie.parent[:I], device=device)
@@ -136,15 +155,85 @@ def ancestors(trie: Trie, device) -> torch.Tensor:
     return anc
 
 
-def _block_structure(trie: Trie, S: int, device) -> torch.Tensor:
-    """(Q, Q) bool, Q = S + I: the suffix is causal; trie nodes see the whole suffix block
-    and their own ancestors (padding is masked per row afterwards)."""
+@dataclass(frozen=True)
+class TrieLayout:
+    """One trie of targets on the device, built once and reused by every batch of sources."""
+
+    tokens: torch.Tensor              # (I,) token ids of the internal nodes (what rows feed)
+    depth: torch.Tensor               # (I,) depth of each internal node
+    anc: torch.Tensor                 # (I, I) bool ancestor table
+    pred: torch.Tensor                # (M,) kept position predicting node m: 0 (root child) or 1 + parent
+    tok: torch.Tensor                 # (M,) token id of node m
+    levels: list                      # [(nodes (n_d,), their parents (n_d,))] for depth d = 1, 2, ...
+    ends: torch.Tensor                # (C,) last node of each target's path
+
+    @property
+    def n_internal(self) -> int:
+        return len(self.tokens)
+
+
+def trie_layout(trie: Trie, device) -> TrieLayout:
+    """The device tensors of `trie`: O(M + I^2 bits) memory, O(depth x I) work, once per trie."""
     I = trie.n_internal
-    block = torch.zeros((S + I, S + I), dtype=torch.bool, device=device)
-    block[:S, :S] = torch.ones((S, S), dtype=torch.bool, device=device).tril()
-    block[S:, :S] = True
-    block[S:, S:] = ancestors(trie, device)
-    return block
+    at = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)   # noqa: E731
+    levels = [(at(np.flatnonzero(trie.depth == d)), at(trie.parent[trie.depth == d]))
+              for d in range(1, int(trie.depth.max(initial=0)) + 1)]
+    return TrieLayout(tokens=at(trie.token[:I]), depth=at(trie.depth[:I]), anc=ancestors(trie, device),
+                      pred=at(trie.parent + 1), tok=at(trie.token), levels=levels, ends=at(trie.ends))
+
+
+def suffix_masks(layout: TrieLayout, *, S: int, P: int, config, dtype) -> tuple[dict, torch.Tensor]:
+    """(masks {kind: ((1, 1, Q, K), window)}, qpos (Q,)) for rows of suffix width S after a
+    shared prefix of P tokens, Q = S + I queries, K = P + Q keys: the suffix is causal and
+    sees the prefix; trie nodes see the prefix, the whole suffix and their own ancestors.
+    O(Q x K) work and memory, once per trie and batch width."""
+    device, I = layout.tokens.device, layout.n_internal
+    Q = S + I
+    allowed = torch.zeros((Q, P + Q), dtype=torch.bool, device=device)       # (Q, K)
+    allowed[:, :P] = True
+    allowed[:S, P:P + S] = torch.ones((S, S), dtype=torch.bool, device=device).tril()
+    allowed[S:, P:P + S] = True
+    allowed[S:, P + S:] = layout.anc
+    qpos = torch.cat([P + torch.arange(S, device=device), P + S + layout.depth])             # (Q,)
+    kpos = torch.cat([torch.arange(P, device=device), qpos])                                 # (K,)
+    return tree_masks(allowed, qpos, kpos, config=config, dtype=dtype), qpos
+
+
+def batch_masks(base: dict, qpos: torch.Tensor, pad: torch.Tensor, *, P: int) -> tuple[object, torch.Tensor]:
+    """(attention masks, position ids (B, Q)) of B rows of width S whose suffixes are left-
+    padded by pad (B,) tokens. All pads zero: the shared masks as (B, 1, Q, K) views (no
+    copy). Otherwise each row's mask is the shared one with its pad keys masked, and, for
+    sliding-window layers, its prefix columns recomputed (the row's tokens sit pad[b]
+    positions nearer the prefix): O(B x Q x K) once per forward, not per layer."""
+    B, Q = len(pad), len(qpos)
+    rows = (qpos[None, :] - pad[:, None]).clamp(min=0)                      # (B, Q) logical positions
+    out = {}
+    for kind, (mask, window) in base.items():
+        K = mask.shape[-1]
+        if not bool(pad.any()):
+            out[kind] = mask.expand(B, -1, -1, -1)
+            continue
+        neg = torch.finfo(mask.dtype).min
+        m = _aligned((B, 1, Q, K), mask.dtype, mask.device).copy_(mask.expand(B, -1, -1, -1))   # (B, 1, Q, K)
+        col = torch.arange(K, device=pad.device)                           # (K,)
+        is_pad = (col[None, :] >= P) & (col[None, :] < P + pad[:, None])    # (B, K) padding keys
+        m.masked_fill_(is_pad[:, None, None, :], neg)
+        if window is not None and P > 0:
+            near = (rows[:, :, None] - torch.arange(P, device=pad.device)[None, None, :]) < window   # (B, Q, P)
+            m[..., :P] = torch.where(near[:, None], 0.0, neg).to(m.dtype)
+        out[kind] = m
+    masks = next(iter(out.values())) if len(out) == 1 else out
+    return masks, rows
+
+
+def path_sums(node_lp: torch.Tensor, layout: TrieLayout) -> torch.Tensor:
+    """log T (B, C) float64 from edge log-probs (B, M): each node's cumulative sum is its
+    own plus its parent's, one tree level at a time (depth steps of O(B x nodes at that
+    depth)); a target's log T is the sum at its last node."""
+    cum = node_lp.double()                                        # (B, M)
+    for nodes, parents in layout.levels:                          # depth steps, not a token loop
+        cum[:, nodes] += cum[:, parents]
+    return cum[:, layout.ends]                                    # (B, C)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -155,77 +244,65 @@ def _is_oom(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def _row_inputs(suffixes: list[list[int]], trie: Trie, *, P: int, pad_id: int, device):
-    """ids (B, Q), logical positions (B, Q) and real-token flags (B, Q) of a batch laid out
-    as [pad][suffix][trie internal nodes]."""
-    B, I = len(suffixes), trie.n_internal
-    S = max(len(s) for s in suffixes)
-    Q = S + I
-    slen = torch.tensor([len(s) for s in suffixes], device=device)  # (B,)
-    ids = torch.full((B, Q), pad_id, dtype=torch.long)
-    for b, s in enumerate(suffixes):                              # B rows, not a token loop
-        ids[b, S - len(s):S] = torch.tensor(s, dtype=torch.long)
-    ids[:, S:] = torch.as_tensor(trie.token[:I], dtype=torch.long)
-    ids = ids.to(device)
-    col = torch.arange(Q, device=device)                          # (Q,)
-    real = col[None, :] >= (S - slen)[:, None]                    # (B, Q) not padding
-    depth = torch.as_tensor(trie.depth[:I], device=device)        # (I,)
-    qpos = torch.cat([P + col[None, :S] - (S - slen)[:, None],    # suffix: P, P+1, ...
-                      P + slen[:, None] + depth[None, :]], dim=1)  # trie: prompt length + depth
-    return ids, qpos.masked_fill(~real, 0), real
-
-
-def _score_rows(model, suffixes, trie: Trie, *, head, prefix_kv, P, temperature, pad_id, stats,
-                max_elements) -> np.ndarray:
-    """log T for a batch of sources against one trie of targets: (B, C) float64."""
+def _score_rows(model, suffix: torch.Tensor, pad: torch.Tensor, layout: TrieLayout, base: dict, qpos: torch.Tensor,
+                *, P: int, head, prefix_kv, temperature, stats, max_elements) -> np.ndarray:
+    """log T for a batch of sources against one trie: (B, C) float64. suffix (B, S) token
+    ids left-padded by pad (B,) tokens; base masks and qpos from `suffix_masks` (width S)."""
     from transformers import DynamicCache
 
     device = head.weight.device
-    dtype = next(model.parameters()).dtype
+    B, S = suffix.shape
+    I = layout.n_internal
     with stats.stage("masks", device):
-        ids, qpos, real = _row_inputs(suffixes, trie, P=P, pad_id=pad_id, device=device)   # (B, Q) x3
-        B, Q = ids.shape
-        S = Q - trie.n_internal
-        allowed = _block_structure(trie, S, device)[None] & real[:, None, :] & real[:, :, None]  # (B, Q, Q)
-        kpos, cache = qpos, None
-        if P > 0:                                                 # every real query sees the prefix
-            allowed = torch.cat([real[:, :, None].expand(B, Q, P), allowed], dim=-1)   # (B, Q, P+Q)
-            kpos = torch.cat([torch.arange(P, device=device)[None].expand(B, P), qpos], dim=-1)
+        ids = torch.cat([suffix, layout.tokens[None].expand(B, I)], dim=1)       # (B, Q)
+        mask, pos = batch_masks(base, qpos, pad, P=P)
+        cache = None
+        if prefix_kv:
             cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
                                                  for k, v in prefix_kv])
-        mask = tree_masks(allowed, qpos, kpos, config=text_config(model), dtype=dtype)
     with stats.stage("forward", device):
-        h, _ = hidden_states(model, input_ids=ids, attention_mask=mask, position_ids=qpos, use_cache=P > 0,
-                             cache=cache)                         # (B, Q, H)
+        h, _ = hidden_states(model, input_ids=ids, attention_mask=mask, position_ids=pos,
+                             use_cache=cache is not None, cache=cache)         # (B, Q, H)
         h = h[:, S - 1:]                                          # (B, keep, H): last suffix token + nodes
-    keep = trie.n_internal + 1
+    keep = I + 1
     with stats.stage("head", device):
-        # edge log-probs: node m is predicted at kept index 0 (a root child) or 1 + its parent
-        pred = torch.as_tensor(trie.parent + 1, device=device)    # (M,)
-        tok = torch.as_tensor(trie.token, device=device)          # (M,)
-        pos = (torch.arange(B, device=device)[:, None] * keep + pred[None, :]).reshape(-1)   # (B*M,)
-        node_lp = token_logprobs(head, h.reshape(B * keep, -1), pos, tok.repeat(B), temperature=temperature,
-                                 max_elements=max_elements).view(B, -1)                  # (B, M)
+        M = len(layout.tok)
+        idx = (torch.arange(B, device=device)[:, None] * keep + layout.pred[None, :]).reshape(-1)   # (B*M,)
+        node_lp = token_logprobs(head, h.reshape(B * keep, -1), idx, layout.tok.repeat(B),
+                                 temperature=temperature, max_elements=max_elements).view(B, M)   # (B, M)
     with stats.stage("reduction", device):
-        paths = torch.as_tensor(trie.paths, device=device)        # (M, C) float64
-        logT = node_lp.double() @ paths                           # (B, C)
+        logT = path_sums(node_lp, layout)                         # (B, C)
     with stats.stage("transfer", device):
         out = logT.cpu().numpy()
-    stats.count(tokens=int(real.sum()), padded=B * Q, logits=B * keep)
+    Q = ids.shape[1]
+    stats.count(tokens=B * Q - int(pad.sum()), padded=B * Q, logits=B * keep)
+    stats.extra["tokens_per_forward"] = max(stats.extra.get("tokens_per_forward", 0), B * Q)
     return out
 
 
-def _score_chunk(model, logT: np.ndarray, suffixes, order: np.ndarray, chunk: np.ndarray, trie: Trie, *,
-                 rows_per_forward: int, bar, stats, **kw) -> int:
-    """Fill logT[:, chunk] batch by batch (rows in `order`); halve the rows on out-of-memory
-    and retry the batch, never losing finished rows. Returns the rows per forward reached."""
+def _score_chunk(model, logT: np.ndarray, order: np.ndarray, suffix: torch.Tensor, lengths: np.ndarray,
+                 chunk: np.ndarray, layout: TrieLayout, *, rows_per_forward: int, P: int, bar, stats, **kw) -> int:
+    """Fill logT[:, chunk] batch by batch: rows in `order` (longest suffix first), each batch
+    left-padded to its first row's suffix length (a slice of suffix (N, S_max), padded once);
+    the shared masks are built once per batch width. Halve the rows on out-of-memory and
+    retry the batch, never losing finished rows. Returns the rows per forward reached."""
     from dbgpu.devices import empty_cache
 
-    start = 0
+    S_max, device = suffix.shape[1], suffix.device
+    base, width, start = None, None, 0
     while start < len(order):
         rows = order[start:start + rows_per_forward]
+        S = int(lengths[rows[0]])
+        if S != width:                                # widths only fall: each is built once per chunk
+            with stats.stage("masks", device):
+                base, qpos = suffix_masks(layout, S=S, P=P, config=text_config(model),
+                                          dtype=next(model.parameters()).dtype)
+            width = S
+        idx = torch.as_tensor(rows, device=device)
+        pad = S - torch.as_tensor(lengths[rows], device=device)                  # (B,)
         try:
-            logT[np.ix_(rows, chunk)] = _score_rows(model, [suffixes[i] for i in rows], trie, stats=stats, **kw)
+            logT[np.ix_(rows, chunk)] = _score_rows(model, suffix[idx, S_max - S:], pad, layout, base, qpos,
+                                                    P=P, stats=stats, **kw)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             if not _is_oom(e) or len(rows) == 1:
                 raise
@@ -238,16 +315,41 @@ def _score_chunk(model, logT: np.ndarray, suffixes, order: np.ndarray, chunk: np
     return rows_per_forward
 
 
+def _left_padded(suffixes: list[list[int]], *, pad_id: int, device) -> torch.Tensor:
+    """(N, S_max) token ids, each suffix aligned right (left padding): built once per call."""
+    S = max(len(x) for x in suffixes)
+    out = torch.full((len(suffixes), S), pad_id, dtype=torch.long)
+    for i, x in enumerate(suffixes):                  # N rows, not a token loop
+        out[i, S - len(x):] = torch.tensor(x, dtype=torch.long)
+    return out.to(device)
+
+
+def batch_plan(model, prompts: list[list[int]], conts: list[list[int]], *, batch_tokens: int | None = None,
+               max_logits: int | None = None, work_bytes: int | None = None, max_rows: int = 256,
+               block_rows: int | None = None):
+    """(ModelShape, Budget, Plan) of scoring `prompts` x `conts` with a loaded model: its
+    config, exact parameter count, dtype and device's defaults (`plan.plan_batches`)."""
+    param = next(model.parameters())
+    config = text_config(model)
+    shape = model_shape(config, dtype=str(param.dtype).removeprefix("torch."),
+                        n_params=sum(p.numel() for p in model.parameters()))
+    budget = default_budget(param.device.type, tokens=batch_tokens, head_logits=max_logits, work_bytes=work_bytes,
+                            max_rows=max_rows)
+    return shape, budget, plan_scoring(shape, prompts, conts, budget, block_rows=block_rows)
+
+
 @torch.inference_mode()
 def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, temperature: float = 1.0,
-                      max_logits: int | None = None, max_rows: int = 256, pad_id: int = 0,
-                      progress: bool = False, stats=None) -> np.ndarray:
+                      batch_tokens: int | None = None, max_logits: int | None = None, work_bytes: int | None = None,
+                      max_rows: int = 256, pad_id: int = 0, progress: bool = False, stats=None) -> np.ndarray:
     """log T for every (prompt, continuation) pair: (N, M) float64, row = source.
 
-    max_logits bounds B x kept positions x vocab per forward and the float32 logits the head
-    holds at once (default 2**28 on CUDA, 2**26 on CPU); rows per forward halve on
-    out-of-memory and never lose finished rows. Architectures it cannot serve exactly are
-    refused (`check_tree_supported`).
+    Batches follow the plan (`batch_plan`): batch_tokens token positions per forward,
+    work_bytes of working memory (defaults per device type, `plan.DEVICE_DEFAULTS`), at
+    most max_rows rows; max_logits float32 logits held at once by the chunked head. Rows
+    per forward halve on out-of-memory and never lose finished rows. pad_id fills the left
+    padding of a batch's shorter suffixes (masked; any id will do). Architectures it cannot
+    serve exactly are refused (`check_tree_supported`).
     """
     check_temperature(temperature)
     if not prompts or not conts or min(map(len, prompts)) == 0 or min(map(len, conts)) == 0:
@@ -256,8 +358,9 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     check_tree_supported(model, prefix_length=P, max_length=max(map(len, prompts)) + max(map(len, conts)))
     stats = stats if stats is not None else ScoreStats()
     head = output_head(model)
-    device, V = head.weight.device, head.vocab_size
-    max_logits = max_logits or default_max_elements(device)
+    device = head.weight.device
+    shape, budget, plan = batch_plan(model, prompts, conts, batch_tokens=batch_tokens, max_logits=max_logits,
+                                     work_bytes=work_bytes, max_rows=max_rows)
     stats.begin(device)
     t0 = time.perf_counter()
 
@@ -268,23 +371,29 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
             prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
         stats.count(tokens=P, padded=P, logits=0)
     suffixes = [p[P:] for p in prompts]
+    lengths = np.array([len(x) for x in suffixes])
+    order = np.argsort(-lengths, kind="stable")       # longest suffixes first: little padding
+    suffix = _left_padded(suffixes, pad_id=pad_id, device=device)                # (N, S_max)
 
-    N = len(prompts)
+    N, S = len(prompts), int(lengths.max())
     logT = np.empty((N, len(conts)), dtype=np.float64)
-    chunks = target_chunks(conts, max_internal=max(1, max_logits // V - 1))
-    order = np.argsort([-len(s) for s in suffixes], kind="stable")   # longest rows first
+    chunks = target_chunks(conts, max_internal=plan.max_internal)
     bar = progress_bar(total=N * len(conts), enabled=progress, desc="scoring pairs", unit="pair")
-    rows_per_forward = max_rows
+    cap = budget.max_rows                             # lowered for good by an out-of-memory back-off
+    fewest = cap
     for chunk in chunks:                              # 2.-3. every source against each trie
-        trie = build_trie([conts[j] for j in chunk])
-        rows_per_forward = max(1, min(rows_per_forward, max_logits // ((trie.n_internal + 1) * V)))
-        rows_per_forward = _score_chunk(model, logT, suffixes, order, chunk, trie,
-                                        rows_per_forward=rows_per_forward, bar=bar, stats=stats, head=head,
-                                        prefix_kv=prefix_kv, P=P, temperature=temperature, pad_id=pad_id,
-                                        max_elements=max_logits)
+        with stats.stage("masks", device):
+            layout = trie_layout(build_trie([conts[j] for j in chunk]), device)
+        Q = S + layout.n_internal
+        rows = min(cap, rows_per_forward(shape, budget, queries=Q, keys=P + Q, prefix=P, n_rows=N))
+        reached = _score_chunk(model, logT, order, suffix, lengths, chunk, layout, rows_per_forward=rows, P=P,
+                               bar=bar, stats=stats, head=head, prefix_kv=prefix_kv, temperature=temperature,
+                               max_elements=budget.head_logits)
+        cap = min(cap, reached) if reached < rows else cap
+        fewest = min(fewest, reached)
     bar.close()
     stats.pairs += N * len(conts)
     stats.seconds += time.perf_counter() - t0
-    stats.extra.update(rows_per_forward=rows_per_forward, target_chunks=len(chunks), shared_prefix=P)
+    stats.extra.update(rows_per_forward=fewest, target_chunks=len(chunks), shared_prefix=P, plan=plan.as_dict())
     stats.record_peak_memory(device)
     return logT

@@ -20,7 +20,7 @@ class Trie:
     parent: np.ndarray      # (M,) parent node, -1 for children of the root (the prompt's last token)
     depth: np.ndarray       # (M,) 0 for the first continuation token
     n_internal: int
-    paths: np.ndarray       # (M, C) float64 0/1: node m lies on continuation c's path
+    ends: np.ndarray        # (C,) the node of each continuation's last token (its path runs up to the root)
 
     @property
     def n_nodes(self) -> int:
@@ -28,7 +28,8 @@ class Trie:
 
 
 def build_trie(conts: list[list[int]]) -> Trie:
-    """The trie of `conts` (each a non-empty token list). Not a hot path: O(total tokens)."""
+    """The trie of `conts` (each a non-empty token list). Not a hot path: O(total tokens)
+    time, O(nodes) memory (a continuation's path is found from its end by parent pointers)."""
     children: list[dict[int, int]] = [{}]            # node 0 is the root (not a token)
     token, parent, depth = [-1], [-1], [-1]
     ends = []
@@ -54,13 +55,17 @@ def build_trie(conts: list[list[int]]) -> Trie:
     tok = np.asarray(token)[order]
     par = new_of_old[np.asarray(parent)[order]]      # root (old 0) -> -1
     dep = np.asarray(depth)[order]
-    paths = np.zeros((M, len(conts)), dtype=np.float64)
-    for j, end in enumerate(ends):                   # walk each continuation up to the root
-        n = int(new_of_old[end])
-        while n >= 0:
-            paths[n, j] = 1.0
-            n = int(par[n])
-    return Trie(token=tok, parent=par, depth=dep, n_internal=int(internal.sum()), paths=paths)
+    return Trie(token=tok, parent=par, depth=dep, n_internal=int(internal.sum()),
+                ends=new_of_old[np.asarray(ends, dtype=np.int64)])
+
+
+def path_nodes(trie: Trie, j: int) -> list[int]:
+    """The nodes of continuation j's path, from its last token up to the root's child."""
+    out, n = [], int(trie.ends[j])
+    while n >= 0:
+        out.append(n)
+        n = int(trie.parent[n])
+    return out
 
 
 def common_prefix_length(seqs: list[list[int]], *, keep_last: bool = True) -> int:
