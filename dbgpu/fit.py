@@ -140,7 +140,7 @@ def _newton(inc, w, offset, deg, V, *, tol, max_iter, max_cg, lam: float = 1.0):
     """
     o = ops(inc)
     if not inc.is_torch:                      # a bad trial step overflows expm1: it is rejected
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return _newton_loop(inc, w, offset, deg, V, o, tol=tol, max_iter=max_iter, max_cg=max_cg, lam=lam)
     return _newton_loop(inc, w, offset, deg, V, o, tol=tol, max_iter=max_iter, max_cg=max_cg, lam=lam)
 
@@ -250,6 +250,15 @@ class Fit:
                                # log_w_max and underflow_dropped when fitted from log w
 
 
+#: pair_start's curvature weights span at most e^30: pairs far below the largest (an exact
+#: kernel's log T spans ~80 nats under a random model) would leave the Laplacian
+#: numerically singular and the start far off
+PAIR_START_RANGE = 30.0
+#: pure Newton from the pair start gets this many steps (it needs about 5-20 where the start
+#: is good) before the fit starts again from 0 with the safe damping
+PAIR_START_STEPS = 60
+
+
 def pair_start(n: int, src, dst, log_w, *, min_mutual: float = 0.9) -> np.ndarray | None:
     """A starting potential (n,) close to the minimum when most edges have their reverse:
     the least-squares fit of V_f - V_g to the pairs' log-ratios, each pair weighted by the
@@ -265,7 +274,7 @@ def pair_start(n: int, src, dst, log_w, *, min_mutual: float = 0.9) -> np.ndarra
     a, b = log_w[e_fg], log_w[e_gf]
     X = a - b                                                  # (P,) log-ratios
     log_c = np.minimum(a, b) - np.log1p(np.exp(-np.abs(X)))    # log(w_fg w_gf / (w_fg + w_gf))
-    c = np.exp(log_c - log_c.max())
+    c = np.exp(np.maximum(log_c - log_c.max(), -PAIR_START_RANGE))  # floored: a solvable Laplacian
     cX = c * X
     div = np.bincount(f, cX, minlength=n) - np.bincount(g, cX, minlength=n)
     return laplacian_solve(n, f, g, c, div, rtol=1e-6)
@@ -321,10 +330,15 @@ def fit_potential(n: int, src, dst, w=None, *, log_w=None, V0=None, device: str 
         V0 = pair_start(n, src, dst, np.log(w) if lw is None else lw)
         damping = 1.0 if V0 is None else 0.0
     if len(members):
-        Vl, f, info = minimise_action(len(members), local[src[inner]], local[dst[inner]], w[inner],
-                                      V0=None if V0 is None else np.asarray(V0)[members],
-                                      device=device, method=method, tol=tol, max_iter=max_iter,
-                                      backend=backend, damping=damping)
+        edges = (len(members), local[src[inner]], local[dst[inner]], w[inner])
+        opts = dict(device=device, method=method, tol=tol, max_iter=max_iter, backend=backend)
+        first = {**opts, "max_iter": PAIR_START_STEPS} if damping == 0.0 and max_iter is None else opts
+        Vl, f, info = minimise_action(*edges, V0=None if V0 is None else np.asarray(V0)[members],
+                                      damping=damping, **first)
+        if damping == 0.0 and not info["converged"]:              # the pair start misled pure Newton:
+            Vr, fr, ir = minimise_action(*edges, V0=None, damping=1.0, **opts)   # the safe start
+            if ir["converged"] or fr < f:
+                Vl, f, info = Vr, fr, {**ir, "restarted": "pure Newton from the pair start did not converge"}
         V_within[members] = Vl
     else:
         f, info = 0.0, {"method": method, "device": analysis_device(device), "iterations": 0,
