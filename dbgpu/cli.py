@@ -60,7 +60,7 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", default="tree", choices=["tree", "plain"],
                    help="tree: shared-prefix cache + continuation trie (default); plain: one padded row per pair")
     g.add_argument("--batch-tokens", type=int, default=None, metavar="T",
-                   help="token positions per forward pass (default: tree 32768 on CUDA, 4096 on CPU, also "
+                   help="token positions per forward pass (default: tree 32768 on CUDA, 8192 on CPU, also "
                         "kept within a working-memory budget; plain 16384); rows halved automatically on "
                         "out-of-memory. --dry-run prints the plan")
     g.add_argument("--max-logits", type=int, default=None,

@@ -13,6 +13,7 @@ from conftest import reference_logT
 
 from dbgpu.formatting import encode_states
 from dbgpu.scoring import ScoreStats, score_matrix
+from dbgpu.scoring.plan import DEVICE_DEFAULTS
 from dbgpu.scoring.tree import tree_score_matrix
 from dbgpu.scoring.trie import build_trie, common_prefix_length, path_nodes, trie_lower_bound
 
@@ -73,7 +74,7 @@ def test_tree_equals_plain_and_per_pair_forward(tiny_lms, word_task, arch):
         np.testing.assert_allclose(tree, plain, atol=2e-5, rtol=0, err_msg=what)
         np.testing.assert_allclose(tree, golden[arch], atol=1e-5, rtol=0, err_msg=what)
         tpf = stats.extra["tokens_per_forward"]
-        assert tpf <= (tokens or 4096) or stats.extra["rows_per_forward"] == 1, what   # 4096: the CPU default
+        assert tpf <= (tokens or DEVICE_DEFAULTS["cpu"][0]) or stats.extra["rows_per_forward"] == 1, what
         chunks.add(stats.extra["target_chunks"])
         rows.add(stats.extra["rows_per_forward"])
     assert max(chunks) > 1, "a small token budget must split the targets"

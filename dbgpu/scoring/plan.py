@@ -84,7 +84,7 @@ class TrieSizes:
 
 
 #: budgets when the user names none: (token positions, working bytes, head logits)
-DEVICE_DEFAULTS = {"cuda": (32768, 8 * GiB, 2 ** 28), "cpu": (4096, 2 * GiB, 2 ** 26)}
+DEVICE_DEFAULTS = {"cuda": (32768, 8 * GiB, 2 ** 28), "cpu": (8192, 2 * GiB, 2 ** 26)}
 
 
 def default_budget(device_type: str, *, tokens: int | None = None, head_logits: int | None = None,

@@ -199,10 +199,11 @@ def suffix_masks(layout: TrieLayout, *, S: int, P: int, config, dtype) -> tuple[
     return tree_masks(allowed, qpos, kpos, config=config, dtype=dtype), qpos
 
 
-def batch_masks(base: dict, qpos: torch.Tensor, pad: torch.Tensor, *, P: int) -> tuple[object, torch.Tensor]:
+def batch_masks(base: dict, qpos: torch.Tensor, pad: torch.Tensor, *, P: int, padded: bool = True
+                ) -> tuple[object, torch.Tensor]:
     """(attention masks, position ids (B, Q)) of B rows of width S whose suffixes are left-
-    padded by pad (B,) tokens. All pads zero: the shared masks as (B, 1, Q, K) views (no
-    copy). Otherwise each row's mask is the shared one with its pad keys masked, and, for
+    padded by pad (B,) tokens (padded: whether any is, known on the host). None padded: the
+    shared masks as (B, 1, Q, K) views (no copy). Otherwise each row's mask is the shared one with its pad keys masked, and, for
     sliding-window layers, its prefix columns recomputed (the row's tokens sit pad[b]
     positions nearer the prefix): O(B x Q x K) once per forward, not per layer."""
     B, Q = len(pad), len(qpos)
@@ -210,7 +211,7 @@ def batch_masks(base: dict, qpos: torch.Tensor, pad: torch.Tensor, *, P: int) ->
     out = {}
     for kind, (mask, window) in base.items():
         K = mask.shape[-1]
-        if not bool(pad.any()):
+        if not padded:
             out[kind] = mask.expand(B, -1, -1, -1)
             continue
         neg = torch.finfo(mask.dtype).min
@@ -244,10 +245,11 @@ def _is_oom(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def _score_rows(model, suffix: torch.Tensor, pad: torch.Tensor, layout: TrieLayout, base: dict, qpos: torch.Tensor,
+def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout, base: dict, qpos: torch.Tensor,
                 *, P: int, head, prefix_kv, temperature, stats, max_elements) -> np.ndarray:
     """log T for a batch of sources against one trie: (B, C) float64. suffix (B, S) token
-    ids left-padded by pad (B,) tokens; base masks and qpos from `suffix_masks` (width S)."""
+    ids left-padded by pad (B,) tokens (host ints); base masks and qpos from `suffix_masks`
+    (width S)."""
     from transformers import DynamicCache
 
     device = head.weight.device
@@ -255,7 +257,7 @@ def _score_rows(model, suffix: torch.Tensor, pad: torch.Tensor, layout: TrieLayo
     I = layout.n_internal
     with stats.stage("masks", device):
         ids = torch.cat([suffix, layout.tokens[None].expand(B, I)], dim=1)       # (B, Q)
-        mask, pos = batch_masks(base, qpos, pad, P=P)
+        mask, pos = batch_masks(base, qpos, torch.as_tensor(pad, device=device), P=P, padded=bool(pad.any()))
         cache = None
         if prefix_kv:
             cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
@@ -299,7 +301,7 @@ def _score_chunk(model, logT: np.ndarray, order: np.ndarray, suffix: torch.Tenso
                                           dtype=next(model.parameters()).dtype)
             width = S
         idx = torch.as_tensor(rows, device=device)
-        pad = S - torch.as_tensor(lengths[rows], device=device)                  # (B,)
+        pad = S - lengths[rows]                                                  # (B,) on the host
         try:
             logT[np.ix_(rows, chunk)] = _score_rows(model, suffix[idx, S_max - S:], pad, layout, base, qpos,
                                                     P=P, stats=stats, **kw)
