@@ -59,6 +59,7 @@ from dbgpu.data import count_weights, read_paper_json  # noqa: E402
 from dbgpu.devices import resolve_device  # noqa: E402
 from dbgpu.fit import action, fit_potential  # noqa: E402
 from paper_fit import paper_fit  # noqa: E402
+from tables import print_table as table  # noqa: E402
 
 SIZES = {  # name: (states, recorded transitions, mean degree of the kernel's graph)
     "paper": (7484, 50228, 6.0),
@@ -172,14 +173,7 @@ def print_table(rows: list[dict]) -> None:
             ("conv_speedup_cpu", "{:.1f}x"),
             ("lbfgs_s", "{:.2f}"), ("lbfgs_action", "{:.10f}"),
             ("lbfgs_iter", "{}")]
-    cols = [(c, f) for c, f in cols if any(c in r for r in rows)]
-    cells = [[c for c, _ in cols]] + [[f.format(r[c]) if c in r else "-" for c, f in cols]
-                                      for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    for k, row in enumerate(cells):
-        print("| " + " | ".join(v.rjust(wd) for v, wd in zip(row, widths)) + " |")
-        if k == 0:
-            print("|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
+    table(rows, cols)
     for r in rows:
         if "paper_msg" in r:
             print(f"# {r['size']}: paper L-BFGS-B (default tolerances) stopped after "

@@ -93,6 +93,10 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rows-per-block", type=int, default=128, metavar="R",
                    help="source rows per shard: each block is written as it finishes, so a crash loses "
                         "at most the blocks in flight and a second call resumes (default 128)")
+    g.add_argument("--surface-forms", choices=("canonical", "all"), default="canonical",
+                   help="canonical: T(f, g) is the probability of g's one rendered answer (default); all: "
+                        "the sum over every surface form the task lists (word100: upper, Title, lower "
+                        "case, with and without the leading space), nearer what the agent counts")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh when DIR holds a score with other settings (default: refuse)")
     g.add_argument("--dry-run", action="store_true",
@@ -103,24 +107,30 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
 
 def _threads_option(g) -> None:
     g.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="CPU threads for torch (default 0: torch's default); 1 per process when several "
-                        "share the cores (torchrun on a CPU, a busy machine)")
+                   help="CPU threads for torch and the BLAS libraries (default 0: their default); 1 per "
+                        "process when several share the cores (torchrun on a CPU, a busy machine)")
 
 
 def _set_threads(args) -> None:
+    """Limit this process's threads (torch, numpy/scipy BLAS, OpenMP) to --threads; 0 leaves
+    them alone. BLAS and OpenMP read their thread count when they load, which in the command
+    line happens after this (the handlers import lazily); torch, if already loaded, is told."""
     if args.threads < 0:
         raise DbgpuError(f"--threads must be >= 0, got {args.threads}")
-    if args.threads:
-        import torch
+    if not args.threads:
+        return
+    import os
 
-        torch.set_num_threads(args.threads)   # this process only
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)           # read by libraries not yet loaded
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(args.threads)
 
 
 def _task_from(args):
-    from dbgpu.tasks import get_task, read_template
+    from dbgpu.api import get_task
 
-    return get_task(args.task, template=read_template(args.template, task=args.task),
-                    answer_prefix=args.answer_prefix)
+    return get_task(args.task, template=args.template, answer_prefix=args.answer_prefix)
 
 
 def _scoring_kwargs(args) -> dict:
@@ -129,7 +139,8 @@ def _scoring_kwargs(args) -> dict:
     return dict(model=args.model, template_path=args.template, temperature=args.temperature,
                 device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, method=args.method,
                 batch_tokens=args.batch_tokens, max_logits=args.max_logits, rows_per_block=args.rows_per_block,
-                overwrite=args.overwrite, progress=not args.quiet, placement=_placement(args))
+                surface_forms=args.surface_forms, overwrite=args.overwrite, progress=not args.quiet,
+                placement=_placement(args))
 
 
 def _add_score(sub) -> None:
@@ -158,7 +169,7 @@ def _dry_run(args, task, states) -> int:
     _set_threads(args)
     p = plan_job(model=args.model, task=task, states=states, method=args.method, device=args.device,
                  dtype=args.dtype, cache_dir=args.cache_dir, batch_tokens=args.batch_tokens,
-                 max_logits=args.max_logits, rows_per_block=args.rows_per_block)
+                 max_logits=args.max_logits, rows_per_block=args.rows_per_block, surface_forms=args.surface_forms)
     plan = p["plan"]
     print(plan_table(plan, title=f"dry run: {args.model} ({p['resolved']['path']}), {p['n_states']} states, "
                                  f"method {plan['method']}, {plan['device_type']} defaults, {p['dtype']}; "
@@ -265,13 +276,23 @@ def _add_fit(sub) -> None:
     p.add_argument("--method", choices=("newton", "lbfgs"), default="newton",
                    help="optimiser (default newton: Newton-CG on the graph Laplacian)")
     _threads_option(p)
+    g = p.add_argument_group("error bars and null distributions (sampled inputs)")
+    g.add_argument("--laplace", action="store_true",
+                   help="sigma of V from the inverse Fisher information (needs --weights counts)")
+    g.add_argument("--bootstrap", type=int, default=0, metavar="B",
+                   help="sigma of V from B bootstrap replicates over queries (any weights)")
+    g.add_argument("--null", type=int, default=0, metavar="B",
+                   help="each statistic's distribution under detailed balance from B replicates "
+                        "resampled from the fitted reversible kernel: mean, sd, p-value")
+    g.add_argument("--seed", type=int, default=0, help="seed of the resampling and of the loop sample (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fit)
 
 
 def _cmd_fit(args) -> int:
     import warnings
 
-    from dbgpu.commands.fit import fit_input
+    from dbgpu.commands.fit import fit_input, fit_summary
     from dbgpu.console import fmt
 
     _set_threads(args)
@@ -279,16 +300,20 @@ def _cmd_fit(args) -> int:
         warnings.simplefilter("always")
         try:
             stats = fit_input(args.input, args.out, reject=args.reject, threshold=args.threshold,
-                              weights=args.weights, device=args.device, method=args.method)
+                              weights=args.weights, device=args.device, method=args.method,
+                              laplace=args.laplace, bootstrap=args.bootstrap, null=args.null, seed=args.seed,
+                              progress=not args.quiet)
         finally:                                  # a warning matters most when the fit then fails
             for w in caught:
                 print(f"dbgpu fit: warning: {w.message}", file=sys.stderr)
-    pw, comp = stats["pairwise"], stats["components"]
-    print(f"{stats['n_states']} states, {stats['n_edges']} edges; main component "
-          f"{comp['main_size']} states ({comp['count']} components); action "
-          f"{stats['action']:.6g}; pairwise r {fmt(pw['r'])}, slope {fmt(pw['slope'])}; "
-          f"Hodge gradient fraction {fmt(stats['hodge']['gradient_fraction'])}")
-    print(f"wrote {args.out}/potential.json, stats.json, fit_points.npz")
+    print(fit_summary(stats))
+    if stats.get("null"):
+        print("null (detailed balance, " + str(stats["null"]["replicates"]) + " replicates): "
+              + "; ".join(f"{k} p = {fmt(v['p_value'], '.3g')}" for k, v in stats["null"]["statistics"].items()))
+    files = ["potential.json", "stats.json", "fit_points.npz"]
+    if stats["uncertainty"]["method"]:
+        files.append("uncertainty.json")
+    print(f"wrote {args.out}/" + ", ".join(files))
     return 0
 
 
@@ -311,7 +336,8 @@ def _add_compare(sub) -> None:
     p = sub.add_parser("compare", help="potentials of one state set under several models and templates",
                        description="Score the same states under every model x template (reusing score "
                                    "directories already in DIR), fit each, and compare the potentials: "
-                                   "correlations, slopes, log-ratio agreement, detailed-balance indices.")
+                                   "correlations, slopes, log-ratio agreement, detailed-balance indices, "
+                                   "and the spread of V across the runs (uncertainty.json).")
     p.add_argument("--models", required=True, metavar="M1,M2,...", help="comma-separated models")
     p.add_argument("--templates", default=None, metavar="T1,T2,...",
                    help="comma-separated built-in template names or files (default: the task's own)")
@@ -329,16 +355,18 @@ def _add_compare(sub) -> None:
     p.add_argument("--cache-dir", default=None, help="dequantised GGUF cache (default: user cache dir)")
     _placement_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    _threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_compare)
 
 
 def _cmd_compare(args) -> int:
-    from dbgpu.commands.compare import compare_job
-    from dbgpu.console import fmt
+    from dbgpu.commands.compare import compare_job, compare_summary
+    from dbgpu.commands.run import seed_states
     from dbgpu.io import parse_state_list, read_states_file
     from dbgpu.tasks import get_task
 
+    _set_threads(args)
     models = parse_state_list(args.models)
     templates = parse_state_list(args.templates) if args.templates else [None]
     if args.states:
@@ -346,21 +374,16 @@ def _cmd_compare(args) -> int:
     elif args.state_list:
         states = parse_state_list(args.state_list)
     else:
-        n = 24 if args.n_states is None else args.n_states
-        if n < 2:
-            raise DbgpuError(f"--n-states must be at least 2, got {n}")
-        states = get_task(args.task).seed_states(n)
+        states = seed_states(get_task(args.task), 24 if args.n_states is None else args.n_states)
     result = compare_job(models=models, templates=templates, task_name=args.task, states=states, out=args.out,
                          answer_prefix=args.answer_prefix, temperature=args.temperature, method=args.method,
                          device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
                          placement=_placement(args), progress=not args.quiet)
     if not result:                                # another rank of a launched job: rank 0 reports
         return 0
-    for r in result["pairs"]:
-        print(f"{r['a']}  vs  {r['b']}: {r['shared_bounded']} shared bounded states, Pearson V "
-              f"{fmt(r['pearson_V'])}, Spearman V {fmt(r['spearman_V'])}, slope {fmt(r['slope_V'])}, "
-              f"log-ratio r {fmt(r['pearson_logratio'])}")
-    print(f"wrote {args.out}/compare.md, compare.csv, runs.csv, compare.json, potentials.png, db_index.png")
+    print(compare_summary(result))
+    print(f"wrote {args.out}/compare.md, compare.csv, runs.csv, compare.json, spread.csv, uncertainty.json, "
+          "potentials.png, db_index.png")
     return 0
 
 
@@ -384,6 +407,7 @@ def _add_explore(sub) -> None:
                    help=f"longer answers are truncated and rejected (default: the task's, word100 "
                         f"{DEFAULT_MAX_NEW_TOKENS}, formula 48)")
     p.add_argument("--seed", type=int, default=0, help="same seed, model and device: the same log (default 0)")
+    _threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_explore)
 
@@ -391,6 +415,7 @@ def _add_explore(sub) -> None:
 def _cmd_explore(args) -> int:
     from dbgpu.commands.explore import explore_job, summary_text
 
+    _set_threads(args)
     task = _task_from(args)
     res = explore_job(model=args.model, task=task, steps=args.steps, out=args.out, protocol=args.protocol,
                       batch=args.batch, start=args.start, temperature=args.temperature,

@@ -6,6 +6,15 @@ in both: Pearson and Spearman correlation of the potentials, the least-squares s
 V_b on V_a (the ratio of their inverse temperatures beta when the claim holds), and the
 agreement of the pairwise log-ratios log T(f,g) - log T(g,f) (Pearson r, RMS).
 Cost: O(k^2) for k shared states (every ordered pair's log-ratio).
+
+`potential_spread`: an exact kernel has no sampling error; what its V is uncertain by is
+the choice of prompt template (or temperature, or model). Over R >= 2 runs, on the states
+bounded in every run: each run's V re-centred there (the gauge), then scaled onto the
+runs' mean profile by its least-squares factor a_r (V_r ~ a_r * mean; temperature
+rescales beta, so a run at another temperature differs by a factor, not in shape); per
+state the standard deviation across runs (ddof 1) of the gauge-aligned V (`sd_gauge`)
+and of the scale-aligned V / a_r (`sd`, in the units of the mean profile: the error on
+V's shape). `dbgpu compare` writes `sd` as its uncertainty.json. O(R k).
 """
 
 from __future__ import annotations
@@ -54,3 +63,32 @@ def compare_pair(a: dict, b: dict) -> dict:
             row["pearson_logratio"] = float(pearsonr(xa[ok], xb[ok]).statistic)
             row["rms_logratio"] = float(np.sqrt(np.mean((xa[ok] - xb[ok]) ** 2)))
     return row
+
+
+def potential_spread(runs: list[dict]) -> dict:
+    """Per-state spread of V across runs (see the module docstring): {"states",
+    "scale" (R,), "median_sd", "median_sd_gauge", "rows": [{state, runs, mean_V,
+    sd_gauge, sd}]}."""
+    shared = [s for s in runs[0]["potential"] if all(r["potential"].get(s) is not None for r in runs)]
+    out = {"states": len(shared), "runs": [r["label"] for r in runs], "scale": None,
+           "median_sd": None, "median_sd_gauge": None, "rows": []}
+    if len(shared) < 2 or len(runs) < 2:
+        return out
+    V = np.array([[r["potential"][s] for s in shared] for r in runs], dtype=np.float64)   # (R, k)
+    V -= V.mean(1, keepdims=True)                                 # gauge: zero mean on the shared states
+    mean = V.mean(0)
+    denom = float(mean @ mean)
+    scale = V @ mean / denom if denom > 0 else np.ones(len(runs))
+    scaled = V / np.where(scale != 0, scale, 1.0)[:, None]
+    sd_g, sd = V.std(0, ddof=1), scaled.std(0, ddof=1)
+    out.update(scale=[float(a) for a in scale], median_sd=float(np.median(sd)),
+               median_sd_gauge=float(np.median(sd_g)),
+               rows=[{"state": s, "runs": len(runs), "mean_V": float(m), "sd_gauge": float(a), "sd": float(b)}
+                     for s, m, a, b in zip(shared, mean, sd_g, sd)])
+    return out
+
+
+def spread_uncertainty(spread: dict, states: list[str]) -> dict:
+    """uncertainty.json for a comparison: {state: sd or null} (null: not bounded in every run)."""
+    sd = {r["state"]: r["sd"] for r in spread["rows"]}
+    return {s: sd.get(s) for s in states}

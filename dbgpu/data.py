@@ -30,7 +30,9 @@ and the statistics consume (self-transitions never appear in it):
   `transitions.jsonl` keeps the null rows and gives the unconditioned T. (high_reject,
   whose `N0` is the same for every state, estimates T up to one constant when sources
   are drawn uniformly, as in the paper's protocol.)
-- `exact_weights`: `w = T(f,g) = exp(logT)` for every pair with finite `logT`.
+- `exact_weights`: `w = T(f,g) = exp(logT)` for every pair with finite `logT`. `log_w` is
+  the exact `logT`; where `exp` underflows float64 (logT < -745) `w` is 0 and the edge
+  is counted in `Edges.n_underflow`: the fit and the statistics work from `log_w`.
 """
 
 from __future__ import annotations
@@ -39,12 +41,13 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, replace
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 
 from dbgpu.errors import DbgpuError, DbgpuWarning
-from dbgpu.io import ensure_out_dir, read_json, read_jsonl, write_json_atomic, write_npy_atomic
+from dbgpu.io import begin_outputs, check_outputs, finish_outputs, read_json, read_jsonl, write_json_atomic, write_npy_atomic
 
 #: the paper's total number of queries, which sets `N0 = 20000 / n_states` in high_reject
 PAPER_QUERIES = 20000
@@ -86,9 +89,26 @@ class Edges:
     visits: np.ndarray | None    # (N,) int64 n_f for sampled inputs, else None
     kept: np.ndarray             # (N,) bool: False for states dropped by a threshold
     mode: str                    # "exact" | "high_reject" | "low_reject" | "counts"
+    n_underflow: int = 0         # edges whose w = exp(log w) is 0 in float64 (log w finite)
 
 
 # --------------------------------------------------------------------------- counting
+
+
+def count_queries(states: list[str], src: np.ndarray, dst: np.ndarray, *, kind: str) -> Transitions:
+    """Count one record per query: `src` (Q,) and `dst` (Q,) state indices, dst -1 for an
+    invalid answer. O(Q log Q)."""
+    n = len(states)
+    visits = np.bincount(src, minlength=n).astype(np.int64)             # (N,)
+    valid = dst >= 0
+    self_ = valid & (src == dst)
+    edge = valid & ~self_
+    keys, count = np.unique(src[edge] * n + dst[edge], return_counts=True)  # sorted (src, dst)
+    return Transitions(
+        states=states, src=(keys // n).astype(np.int64), dst=(keys % n).astype(np.int64),
+        count=count.astype(np.int64), visits=visits,
+        n_self=int(self_.sum()), n_invalid=int((~valid).sum()), kind=kind,
+    )
 
 
 def transitions_from_pairs(sources: list[str], targets: list[str | None], *, kind: str,
@@ -107,19 +127,10 @@ def transitions_from_pairs(sources: list[str], targets: list[str | None], *, kin
     ids.pop(None, None)
     ids = {name: i for i, name in enumerate(ids)}
     src = np.fromiter(map(ids.__getitem__, sources), np.int64, len(sources))      # (Q,)
-    dst = np.fromiter((-1 if t is None else ids[t] for t in targets), np.int64, len(targets))
-    states = list(ids)
-    n = len(states)
-    visits = np.bincount(src, minlength=n).astype(np.int64)             # (N,)
-    valid = dst >= 0
-    self_ = valid & (src == dst)
-    edge = valid & ~self_
-    keys, count = np.unique(src[edge] * n + dst[edge], return_counts=True)  # sorted (src, dst)
-    return Transitions(
-        states=states, src=(keys // n).astype(np.int64), dst=(keys % n).astype(np.int64),
-        count=count.astype(np.int64), visits=visits,
-        n_self=int(self_.sum()), n_invalid=int((~valid).sum()), kind=kind,
-    )
+    ids[None] = -1
+    dst = np.fromiter(map(ids.__getitem__, targets), np.int64, len(targets))
+    del ids[None]
+    return count_queries(list(ids), src, dst, kind=kind)
 
 
 # --------------------------------------------------------------------------- importers
@@ -127,6 +138,28 @@ def transitions_from_pairs(sources: list[str], targets: list[str | None], *, kin
 
 def _is_str_list(x) -> bool:
     return isinstance(x, list) and all(isinstance(t, str) for t in x)
+
+
+def _paper_shape1(path, obj: dict) -> Transitions:
+    """`{source: [target, ...]}` counted without building one Python string per answer
+    twice: names numbered in document order (each source, then its targets), checked to
+    be strings once each. O(answers)."""
+    lists = list(obj.values())
+    for s, ts in obj.items():
+        if type(ts) is not list:
+            raise DbgpuError(f"{path}: paper JSON shape 1 expects {{source: [target, ...]}}, "
+                             f"but the value for {s!r} is not a list of strings")
+    names = dict.fromkeys(chain.from_iterable((s, *ts) for s, ts in obj.items()))
+    if not all(type(k) is str for k in names):
+        bad = next(s for s, ts in obj.items() if not all(type(t) is str for t in ts))
+        raise DbgpuError(f"{path}: paper JSON shape 1 expects {{source: [target, ...]}}, "
+                         f"but the value for {bad!r} is not a list of strings")
+    ids = {name: i for i, name in enumerate(names)}
+    n_answers = sum(map(len, lists))
+    dst = np.fromiter(map(ids.__getitem__, chain.from_iterable(lists)), np.int64, n_answers)
+    src = np.repeat(np.fromiter(map(ids.__getitem__, obj), np.int64, len(obj)),
+                    np.fromiter(map(len, lists), np.int64, len(lists)))
+    return count_queries(list(ids), src, dst, kind="paper-json-1")
 
 
 def read_paper_json(path: str | os.PathLike) -> Transitions:
@@ -137,20 +170,11 @@ def read_paper_json(path: str | os.PathLike) -> Transitions:
     [{"expression": f, "score": s}, ...]}, ...]`, one transition per source entry.
     """
     obj = read_json(path, what="paper JSON file")
-    sources: list[str] = []
-    targets: list[str] = []
     if isinstance(obj, dict):
-        for s, ts in obj.items():
-            if not _is_str_list(ts):
-                raise DbgpuError(f"{path}: paper JSON shape 1 expects {{source: [target, ...]}}, "
-                                 f"but the value for {s!r} is not a list of strings")
-            sources.extend([s] * len(ts))
-            targets.extend(ts)
-        # document order: each source, then its targets (a source with an empty list
-        # is still a state)
-        order = [name for s, ts in obj.items() for name in (s, *ts)]
-        return transitions_from_pairs(sources, targets, kind="paper-json-1", order=order)
+        return _paper_shape1(path, obj)
     if isinstance(obj, list):
+        sources: list[str] = []
+        targets: list[str] = []
         for k, row in enumerate(obj):
             if not (isinstance(row, dict) and isinstance(row.get("target_expression"), str)
                     and isinstance(row.get("source_expressions"), list)):
@@ -203,15 +227,14 @@ def read_transitions_jsonl(path: str | os.PathLike) -> Transitions:
 
 
 def read_score_dir(path: str | os.PathLike) -> Kernel:
-    """Read a `dbgpu score` directory: `states.json` (N states) and `logT.npy` (N x N)."""
+    """Read a `dbgpu score` directory: `states.json` (N states) and `logT.npy` (N x N),
+    after checking its manifest (`dbgpu.io.check_outputs`: whole or refused)."""
     path = Path(path)
     if not path.is_dir():
         raise DbgpuError(f"score directory not found: {path}")
+    check_outputs(path, "score")
     states = read_json(path / "states.json", what="states file")
-    if not _is_str_list(states):
-        raise DbgpuError(f"{path / 'states.json'} must be a JSON list of state strings")
-    if len(set(states)) != len(states):
-        raise DbgpuError(f"{path / 'states.json'} lists a state more than once")
+    check_states(states, where=path / "states.json")
     f = path / "logT.npy"
     if not f.is_file():
         raise DbgpuError(f"kernel file not found: {f}")
@@ -219,28 +242,46 @@ def read_score_dir(path: str | os.PathLike) -> Kernel:
         logT = np.load(f, allow_pickle=False)
     except Exception as e:  # numpy raises ValueError/EOFError/OSError for bad files
         raise DbgpuError(f"cannot read {f}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    n = len(states)
+    return Kernel(states=list(states), logT=check_logT(logT, len(states), where=f))
+
+
+def check_states(states, *, where) -> None:
+    """A state list as a kernel needs it: strings, each once (`where` names it in errors)."""
+    if not _is_str_list(states):
+        raise DbgpuError(f"{where} must be a JSON list of state strings")
+    if len(set(states)) != len(states):
+        raise DbgpuError(f"{where} lists a state more than once")
+
+
+def check_logT(logT: np.ndarray, n: int, *, where) -> np.ndarray:
+    """A kernel's log T for n states: (n, n) floating point, no NaN or +inf; as float64."""
     if logT.ndim != 2 or logT.shape != (n, n):
-        raise DbgpuError(f"{f} has shape {logT.shape}, expected ({n}, {n}) for {n} states")
+        raise DbgpuError(f"{where} has shape {logT.shape}, expected ({n}, {n}) for {n} states")
     if not np.issubdtype(logT.dtype, np.floating):
-        raise DbgpuError(f"{f} has dtype {logT.dtype}, expected float64")
-    logT = logT.astype(np.float64)
+        raise DbgpuError(f"{where} has dtype {logT.dtype}, expected float64")
+    logT = logT.astype(np.float64, copy=False)
     if np.isnan(logT).any() or np.isposinf(logT).any():
-        raise DbgpuError(f"{f} contains NaN or +inf")
-    return Kernel(states=list(states), logT=logT)
+        raise DbgpuError(f"{where} contains NaN or +inf")
+    return logT
 
 
 def write_score_dir(path: str | os.PathLike, states: list[str], logT: np.ndarray, *,
                     prompts: dict | None = None, meta: dict | None = None) -> Path:
     """The `dbgpu score` contract: states.json, logT.npy, then prompts.json and meta.json
-    when given (meta.json last), each file written atomically."""
-    out = ensure_out_dir(path)
+    when given (meta.json last), each file written atomically, between `begin_outputs`
+    and `finish_outputs` (the manifest: a crash leaves the directory unreadable as a
+    finished score; an older fit or report there becomes stale)."""
+    out = begin_outputs(path, "score", invalidates=("fit", "report", "explain"))
     write_json_atomic(out / "states.json", list(states))
     write_npy_atomic(out / "logT.npy", np.asarray(logT, dtype=np.float64))
+    files = ["states.json", "logT.npy"]
     if prompts is not None:
         write_json_atomic(out / "prompts.json", prompts)
+        files.append("prompts.json")
     if meta is not None:
         write_json_atomic(out / "meta.json", meta)
+        files.append("meta.json")
+    finish_outputs(out, "score", files)
     return out
 
 
@@ -313,9 +354,10 @@ def count_weights(t: Transitions) -> Edges:
 def exact_weights(k: Kernel) -> Edges:
     """`w = T(f,g) = exp(logT)` on every off-diagonal pair with finite logT."""
     n = len(k.states)
-    off = ~np.eye(n, dtype=bool) & np.isfinite(k.logT)
+    off = np.isfinite(k.logT)
+    np.fill_diagonal(off, False)
     src, dst = np.nonzero(off)                                     # row-major: sorted (src, dst)
-    log_w = k.logT[src, dst]                                       # (E,)
+    log_w = k.logT[off]                                            # (E,) the same order
     return Edges(states=k.states, src=src.astype(np.int64), dst=dst.astype(np.int64),
                  w=np.exp(log_w), log_w=log_w, count=None, visits=None,
                  kept=np.ones(n, bool), mode="exact")
@@ -345,9 +387,9 @@ def make_edges(data: Transitions | Kernel, *, weights: str = "paper", reject: st
         e = high_reject_weights(data)
     else:
         e = low_reject_weights(data, threshold=threshold)
-    positive = e.w > 0
-    if not positive.all():   # exp underflow of a finite logT: keep the edge at the smallest weight
-        e = replace(e, w=np.maximum(e.w, np.finfo(np.float64).tiny))
+    # exp(log T) may underflow to 0 for a finite log T: the edge stays (log_w is exact) and
+    # the fit works from log w; counted here, never clamped to a made-up weight
+    e = replace(e, n_underflow=int(np.count_nonzero(e.w == 0)))
     if len(e.src) == 0:
         raise DbgpuError("empty graph: no transitions between distinct states "
                          f"({len(data.states)} states)")

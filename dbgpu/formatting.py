@@ -113,6 +113,9 @@ def encode(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False).input_ids
 
 
+SURFACE_FORMS = ("canonical", "all")
+
+
 @dataclass(frozen=True)
 class Encoded:
     """A state set as the model sees it: what `score` writes to prompts.json and scores."""
@@ -121,11 +124,20 @@ class Encoded:
     sources: dict[str, str]          # f -> prompt text
     targets: dict[str, str]          # g -> continuation text
     prompt_ids: list[list[int]]      # (N, *) in state order
-    cont_ids: list[list[int]]        # (N, *) in state order
+    cont_ids: list[list[int]]        # (N, *) in state order: each state's canonical continuation
+    form_ids: list[list[int]] | None = None      # (M, *) every surface form, grouped by state in state order
+    form_starts: list[int] | None = None         # (N,) where each state's group starts in form_ids
+    forms: dict[str, list[str]] | None = None    # g -> its continuation texts (surface forms "all")
 
     @property
     def prompts_json(self) -> dict:
-        return {"sources": self.sources, "targets": self.targets}
+        out = {"sources": self.sources, "targets": self.targets}
+        return out if self.forms is None else {**out, "target_forms": self.forms}
+
+    @property
+    def scored_ids(self) -> list[list[int]]:
+        """The continuations a kernel scores: every surface form, or the canonical ones."""
+        return self.cont_ids if self.form_ids is None else self.form_ids
 
 
 def prompt_ids(tok, task: Task, f: str) -> list[int]:
@@ -150,14 +162,18 @@ def tokens_after(tok, prompts: list[str], prompt_tokens: list[list[int]], conts:
     return out
 
 
-def encode_states(tok, task: Task, states: list[str]) -> Encoded:
+def encode_states(tok, task: Task, states: list[str], *, surface_forms: str = "canonical") -> Encoded:
     """Prompt and continuation texts and token ids of every state.
 
     The continuations' ids are taken after the first state's prompt; every prompt is then
     checked against one continuation (its own tokens a prefix, the continuation's tokens
     the same), so a tokenizer whose answer tokens depend on the source is an error, not a
-    silently different kernel. Cost: 3 batched tokenizer calls of N texts.
+    silently different kernel. surface_forms="all" also encodes every surface form of each
+    state (`dbgpu.tasks.base.surface_forms`; M continuations in all, grouped by state), for
+    a kernel summed over them. Cost: 3 batched tokenizer calls of N texts (+1 of M).
     """
+    if surface_forms not in SURFACE_FORMS:
+        raise DbgpuError(f"unknown surface forms {surface_forms!r} (use {' or '.join(SURFACE_FORMS)})")
     sources = {f: prompt_text(tok, task, f) for f in states}
     targets = {g: continuation_text(tok, task, g) for g in states}
     texts = [sources[f] for f in states]
@@ -169,7 +185,30 @@ def encode_states(tok, task: Task, states: list[str]) -> Encoded:
         if ids != c_ids[-1]:
             raise DbgpuError(f"state {f}: the answer {g0} is tokenized differently after its prompt than after "
                              f"{states[0]}'s, so the states' answers are not one set of token sequences")
-    return Encoded(states=list(states), sources=sources, targets=targets, prompt_ids=p_ids, cont_ids=c_ids)
+    enc = Encoded(states=list(states), sources=sources, targets=targets, prompt_ids=p_ids, cont_ids=c_ids)
+    return enc if surface_forms == "canonical" else _with_forms(tok, task, enc)
+
+
+def _with_forms(tok, task: Task, enc: Encoded) -> Encoded:
+    """`enc` with every surface form of each state encoded after the first prompt; forms
+    whose token sequences coincide within a state are kept once."""
+    from dbgpu.tasks.base import surface_forms
+
+    eot = end_of_turn_text(tok)
+    forms = {g: [t + eot for t in surface_forms(task, g)] for g in enc.states}
+    flat = [(g, t) for g in enc.states for t in forms[g]]
+    ids = tokens_after(tok, [enc.sources[enc.states[0]]] * len(flat), enc.prompt_ids[:1] * len(flat),
+                       [t for _, t in flat], names=[g for g, _ in flat])
+    form_ids, starts, seen = [], [], set()
+    for (g, _), x in zip(flat, ids):
+        if not starts or g != enc.states[len(starts) - 1]:
+            starts.append(len(form_ids))
+            seen = set()
+        if tuple(x) not in seen:
+            seen.add(tuple(x))
+            form_ids.append(x)
+    return Encoded(states=enc.states, sources=enc.sources, targets=enc.targets, prompt_ids=enc.prompt_ids,
+                   cont_ids=enc.cont_ids, form_ids=form_ids, form_starts=starts, forms=forms)
 
 
 def stop_token_ids(tok, model=None) -> list[int]:

@@ -1,5 +1,5 @@
-"""Files in and out: atomic writers, one writer per directory, and readers that turn
-every fault into one line.
+"""Files in and out: atomic writers, one writer per directory, manifests, and readers that
+turn every fault into one line.
 
 Every writer goes to a temporary file in the destination's directory, flushes and
 fsyncs it, then renames it over the destination (atomic on POSIX), so a reader never
@@ -9,12 +9,29 @@ path, the previous file left as it was. Every reader raises `DbgpuError` naming 
 file and the problem. `locked_dir` makes a command the only writer of its output
 directory. `read_jsonl` tells a crash remnant (an unterminated last line) from
 corruption (any terminated line that does not parse).
+
+Whole or absent: a command's outputs in a directory are vouched for by a manifest
+written last. `manifest.json` holds one section per command that wrote into the
+directory (score, fit, report, compare): `begin_outputs` marks the section incomplete
+(and marks stale the sections that derive from it: a new score makes an old fit and
+report there stale) before the first file is written; `finish_outputs` records every
+file's size and SHA-256 and marks it complete; `check_outputs`, called by every reader,
+refuses a section that is incomplete, stale, or whose files have changed since. So a
+crash half-way leaves a directory that no dbgpu command will read as finished, and
+several commands can share one directory (`dbgpu run` writes score, fit and report into
+one; the resumable row shards of a score job are files a manifest does not list, which
+is allowed). Outputs no dbgpu command ever vouched for (no manifest, or no section for
+that command: written by hand or by an older dbgpu) are read as they are. Chosen over
+building in a temporary sibling and renaming it into place because that cannot let a
+second command add its files to a directory another one made.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as _dt
+import hashlib
 import errno
 import fcntl
 import io
@@ -131,6 +148,91 @@ def write_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     write_bytes_atomic(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- manifests
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "dbgpu-manifest-1"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_manifest(out: Path) -> dict | None:
+    f = out / MANIFEST
+    if not f.exists():
+        return None
+    m = read_json(f, what="manifest")
+    if not isinstance(m, dict) or m.get("format") != MANIFEST_FORMAT or not isinstance(m.get("outputs"), dict):
+        raise DbgpuError(f"{f} is not a dbgpu manifest")
+    return m
+
+
+def begin_outputs(path: str | os.PathLike, command: str, *, invalidates: tuple[str, ...] = ()) -> Path:
+    """Create the directory if needed and mark `command`'s outputs there as being written
+    (incomplete until `finish_outputs`); the sections named in `invalidates` (outputs
+    derived from these) are marked stale."""
+    out = ensure_out_dir(path)
+    m = _read_manifest(out) or {"format": MANIFEST_FORMAT, "outputs": {}}
+    for c in invalidates:
+        m["outputs"][c] = {"complete": False, "stale": f"`dbgpu {command}` rewrote its input at {_now()}"}
+    m["outputs"][command] = {"complete": False, "started": _now()}
+    write_json_atomic(out / MANIFEST, m)
+    return out
+
+
+def finish_outputs(path: str | os.PathLike, command: str, files: list[str], **extra) -> None:
+    """Record `files` (names in the directory) with their size and SHA-256 and mark
+    `command`'s outputs complete: the last write of a command."""
+    from dbgpu.version import __version__
+
+    out = Path(path)
+    m = _read_manifest(out) or {"format": MANIFEST_FORMAT, "outputs": {}}
+    started = m["outputs"].get(command, {}).get("started")
+    m["outputs"][command] = {
+        "complete": True, "started": started, "finished": _now(), "dbgpu_version": __version__,
+        "files": {name: {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
+                  for name in files},
+        **extra,
+    }
+    write_json_atomic(out / MANIFEST, m)
+
+
+def check_outputs(path: str | os.PathLike, command: str, *, verify: bool = True) -> dict | None:
+    """The manifest section of `command` in `path` if it is complete and its files are as
+    written (size and SHA-256; `verify=False`: size only); None if no dbgpu command of
+    that name ever wrote there (no manifest, or no section: files made by hand or by an
+    older dbgpu are read as they are). Raises DbgpuError naming what is wrong otherwise:
+    interrupted, stale, or changed since."""
+    out = Path(path)
+    m = _read_manifest(out)
+    sec = None if m is None else m["outputs"].get(command)
+    if sec is None:
+        return None
+    if sec.get("stale"):
+        raise DbgpuError(f"{out}: no current `dbgpu {command}` output there (stale: {sec['stale']}): "
+                         f"run `dbgpu {command}` again")
+    if not sec.get("complete"):
+        raise DbgpuError(f"{out}: `dbgpu {command}` did not finish writing there (interrupted?): "
+                         f"run it again")
+    for name, rec in sec.get("files", {}).items():
+        f = out / name
+        if not f.is_file():
+            raise DbgpuError(f"{f} is missing (listed in {out / MANIFEST})")
+        if f.stat().st_size != rec["bytes"] or (verify and file_sha256(f) != rec["sha256"]):
+            raise DbgpuError(f"{f} changed after `dbgpu {command}` wrote it (its size or SHA-256 "
+                             f"differs from {out / MANIFEST})")
+    return sec
 
 
 def read_json(path: str | os.PathLike, *, what: str = "file"):
@@ -292,7 +394,9 @@ def read_jsonl(path: str | os.PathLike, *, what: str = "file", missing_ok: bool 
 
     Only an unterminated last line is a crash remnant (a write cut short): it is left out
     and counted in `tail` for the caller to repair or report. A terminated line that is
-    not JSON is corruption: a DbgpuError naming the line.
+    not JSON is corruption: a DbgpuError naming the line. A file of one JSON object per
+    line (the usual case) is parsed in one `json.loads` call; anything else line by line.
+    O(bytes) time and memory.
     """
     path = Path(path)
     try:
@@ -306,8 +410,17 @@ def read_jsonl(path: str | os.PathLike, *, what: str = "file", missing_ok: bool 
     except OSError as e:
         raise os_error(path, e, doing="read") from None
     end = raw.rfind(b"\n") + 1                      # just past the last complete line
+    lines = raw[:end].split(b"\n")[:-1]
+    ends = np.cumsum([len(line) + 1 for line in lines], dtype=np.int64).tolist()
+    try:                                            # well-formed files: one parse of them all
+        records = json.loads(b"[" + b",".join(line if line.strip() else b"null" for line in lines) + b"]")
+        if (isinstance(records, list) and len(records) == len(lines)            # one object per line
+                and all(type(r) is dict or (r is None and not ln.strip()) for r, ln in zip(records, lines))):
+            return JsonLines(records, ends, len(raw), len(raw) - end)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        pass                                        # the line-by-line parse below names the bad line
     records, ends, pos = [], [], 0
-    for i, line in enumerate(raw[:end].split(b"\n")[:-1]):
+    for i, line in enumerate(lines):
         pos += len(line) + 1
         ends.append(pos)
         if not line.strip():

@@ -85,6 +85,12 @@ class LM:
     from_cache: bool = False
     info: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:                     # not the module tree: one line in a notebook
+        n = self.info.get("n_params")
+        size = f", {n / 1e6:.1f}M parameters" if n else ""
+        return (f"LM({self.name!r}: {self.info.get('class', type(self.model).__name__)}{size}, "
+                f"{str(self.dtype).removeprefix('torch.')} on {self.device})")
+
 
 def default_cache_dir() -> Path:
     import platformdirs

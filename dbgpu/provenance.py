@@ -64,9 +64,11 @@ def git_commit(root: Path | None = None) -> dict | None:
 
 def gpu_record(device) -> dict | None:
     """Name, compute capability and memory of a CUDA device; None for the CPU."""
+    if not str(device).startswith("cuda"):
+        return None
     import torch
 
-    if getattr(device, "type", str(device)) != "cuda" or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         return None
     p = torch.cuda.get_device_properties(device)
     return {"name": p.name, "compute_capability": f"{p.major}.{p.minor}", "memory_bytes": int(p.total_memory),
@@ -74,19 +76,22 @@ def gpu_record(device) -> dict | None:
 
 
 def environment(device=None) -> dict:
-    """The machine and software a result was computed with."""
-    import torch
-
-    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    """The machine and software a result was computed with. torch is asked (CUDA and cuDNN
+    versions, threads) only when it is already imported or the device is CUDA, so that a
+    CPU fit records its environment without the cost of importing torch."""
+    torch = sys.modules.get("torch")
+    if torch is None and str(device).startswith("cuda"):
+        import torch
+    cudnn = torch.backends.cudnn.version() if torch is not None and torch.backends.cudnn.is_available() else None
     return {
         "versions": versions(),
-        "cuda": torch.version.cuda,
+        "cuda": torch.version.cuda if torch is not None else None,
         "cudnn": cudnn,
         "gpu": gpu_record(device) if device is not None else None,
         "device": str(device) if device is not None else None,
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
         "git": git_commit(),
         "command": shlex.join(sys.argv),
     }

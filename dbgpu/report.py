@@ -1,14 +1,22 @@
 """Figures (PNG and PDF) and report.md for a `dbgpu fit` output directory.
 
-Reads `potential.json`, `stats.json` and `fit_points.npz`; writes
+Reads `potential.json`, `stats.json`, `fit_points.npz` (and `uncertainty.json`), after
+checking the directory's manifest (`dbgpu.io.check_outputs`); writes, between
+`begin_outputs` and `finish_outputs`,
 
 - `db_scatter.{png,pdf}`: log w(f->g)/w(g->f) against V(f) - V(g), each mutual pair of
   the main component in both orientations, with the fitted line (slope beta);
-- `loops.{png,pdf}`: forward against backward sum of log w around every 3-cycle;
-- `potential_hist.{png,pdf}`: histogram of V with a Gaussian of the same mean and sd;
-- `graph.{png,pdf}`: the lowest-potential states at height V, their strongest edges;
-- `report.md`, embedding the PNGs with the headline numbers (and `dbgpu explain`'s
-  section and figure when the directory holds explain.json).
+- `loops.{png,pdf}`: forward against backward sum of log w around a seeded uniform
+  sample of the 3-cycles (the figure says how many of how many);
+- `potential_hist.{png,pdf}`: histogram of V with a Gaussian of the same mean and sd,
+  and each state's sigma against V when the fit has error bars;
+- `graph.{png,pdf}`: the lowest-potential states at height V (± sigma), their strongest edges;
+- `report.md`, embedding the PNGs with the headline numbers, the null distributions,
+  the ordered components outside the main one (and `dbgpu explain`'s section and figure
+  when the directory holds explain.json).
+
+Each statistic read against its null (`dbgpu fit --null B`) shows the null mean ± sd and
+the p-value next to its value.
 
 and, for `dbgpu compare`, `potentials.{png,pdf}` (scatter matrix of the runs'
 potentials), `db_index.{png,pdf}` (each run's detailed-balance indices) and the text of
@@ -29,7 +37,7 @@ import numpy as np
 from dbgpu.comparison import shared_potentials
 from dbgpu.console import fmt
 from dbgpu.errors import DbgpuError
-from dbgpu.io import read_json, write_bytes_atomic, write_text_atomic
+from dbgpu.io import begin_outputs, check_outputs, finish_outputs, read_json, write_bytes_atomic, write_text_atomic
 
 FIGURES = ("db_scatter", "loops", "potential_hist", "graph")
 
@@ -70,10 +78,26 @@ def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", color="0.4")
 
 
-def _points(ax, x, y, var, *, n: int, color: str, label_err: str, label: str) -> None:
+def null_text(stats: dict, name: str, spec: str = ".3g") -> str:
+    """ "null m ± s, p = x" for a statistic read against its null distribution, else ""."""
+    nul = (stats.get("null") or {}).get("statistics", {}).get(name)
+    if not nul or nul["null_mean"] is None:
+        return ""
+    sd = f" ± {fmt(nul['null_sd'], spec)}" if nul["null_sd"] is not None else ""
+    return f"null {fmt(nul['null_mean'], spec)}{sd}, p = {fmt(nul['p_value'], '.2g')}"
+
+
+def _with_null(text: str, stats: dict, name: str) -> str:
+    extra = null_text(stats, name)
+    return f"{text}  ({extra})" if extra else text
+
+
+def _points(ax, x, y, var, *, n: int, color: str, label_err: str, label: str, xvar=None) -> None:
     """Error bars for up to 300 items with variances; else a scatter, thinner past 2000."""
-    if len(var) and n <= 300:
-        ax.errorbar(x, y, yerr=np.sqrt(var), fmt="o", ms=3, lw=0.6, color=color, alpha=0.7, label=label_err)
+    if (len(var) or xvar is not None) and n <= 300:
+        ax.errorbar(x, y, yerr=np.sqrt(var) if len(var) else None,
+                    xerr=None if xvar is None else np.sqrt(xvar), fmt="o", ms=3, lw=0.6, color=color,
+                    alpha=0.7, label=label_err)
     else:
         ax.scatter(x, y, s=6 if n > 2000 else 14, alpha=0.35 if n > 2000 else 0.7, color=color, lw=0,
                    label=label)
@@ -87,8 +111,14 @@ def plot_scatter(pts, stats, out: Path) -> None:
         _empty(ax, "no pair of main-component states with transitions both ways")
     else:
         xx, yy = np.r_[y, -y], np.r_[x, -x]                    # both orientations
+        sig = pts.get("sigma")
+        xvar = None
+        if sig is not None and "pair_f" in pts and np.isfinite(sig).any():
+            d = sig[pts["pair_f"]] ** 2 + sig[pts["pair_g"]] ** 2  # sigma of V(f) - V(g), covariance left out
+            xvar = np.r_[d, d]
         _points(ax, xx, yy, np.r_[var, var] if len(var) else var, n=len(x), color="C0",
-                label_err="pairs (±1σ)", label="pairs")
+                label_err="pairs (±1σ" + (", x: σ of V(f) − V(g) without covariance)" if xvar is not None else ")"),
+                label="pairs", xvar=xvar)
         lim = float(np.max(np.abs(np.r_[xx, yy]))) * 1.08 or 1.0
         t = np.array([-lim, lim])
         ax.plot(t, t, ls=":", color="0.5", lw=1, label="slope 1")
@@ -99,8 +129,10 @@ def plot_scatter(pts, stats, out: Path) -> None:
         ax.legend(loc="lower right", fontsize=8)
         err = (f"χ²/ndf = {fmt(pw['chi2_ndf'])} ({pw['ndf']} ndf)" if pw["chi2_ndf"] is not None
                else f"RMS residual = {fmt(pw['rms_residual'])}")
-        shown = "" if len(x) == pw["n_pairs"] else f" ({len(x)} drawn)"
-        _note(ax, f"{pw['n_pairs']} pairs{shown}\nr = {fmt(pw['r'], '.5f')}\n{err}")
+        shown = "" if len(x) == pw["n_pairs"] else f" ({len(x)} drawn, evenly spaced)"
+        lines = [f"{pw['n_pairs']} pairs{shown}", _with_null(f"r = {fmt(pw['r'], '.5f')}", stats, "pairwise_r"),
+                 _with_null(f"β = {fmt(pw['slope'], '.4g')}", stats, "pairwise_slope"), err]
+        _note(ax, "\n".join(lines))
     ax.set_xlabel("V(f) − V(g)")
     ax.set_ylabel("log w(f→g) / w(g→f)")
     ax.set_title("Detailed balance: log-ratio against potential difference")
@@ -123,18 +155,21 @@ def plot_loops(pts, stats, out: Path) -> None:
         t = np.array([lo - pad, hi + pad])
         ax.plot(t, t, color="C3", lw=1.2, label="Kolmogorov: forward = backward")
         ax.legend(loc="lower right", fontsize=8)
-        err = (f"χ²/ndf = {fmt(lp['chi2_ndf'])}" if lp["chi2_ndf"] is not None
-               else f"RMS(forward − backward) = {fmt(lp['rms'])}")
-        shown = "" if len(F) == lp["count"] else f" ({len(F)} drawn)"
-        _note(ax, f"{lp['count']} loops{shown}\n{err}")
+        err = (_with_null(f"χ²/ndf = {fmt(lp['chi2_ndf'])} (pooled)", stats, "loops_chi2_ndf")
+               if lp["chi2_ndf"] is not None else f"RMS(forward − backward) = {fmt(lp['rms'])} (all loops)")
+        shown = ("all drawn" if len(F) == lp["count"] else
+                 f"a seeded uniform sample of {len(F)} drawn")
+        _note(ax, f"{lp['count']} loops, {shown}\n{err}")
     ax.set_xlabel("backward Σ log w  (f→h→g→f)")
     ax.set_ylabel("forward Σ log w  (f→g→h→f)")
-    ax.set_title("Kolmogorov loops (3-cycles)")
+    ax.set_title("Kolmogorov loops (3-cycles)" + ("" if len(F) == lp["count"] else ": a random sample"))
     ax.grid(alpha=0.3)
     save_figure(fig, out, "loops")
 
 
-def plot_histogram(V: np.ndarray, out: Path) -> None:
+def plot_histogram(V: np.ndarray, out: Path, *, sigma: np.ndarray | None = None, method: str | None = None) -> None:
+    """Histogram of V with a Gaussian; with error bars, each state's sigma against V on a
+    second axis."""
     fig, ax = _figure()
     mu, sd = float(V.mean()), float(V.std())
     mu = 0.0 if abs(mu) < 1e-9 * max(sd, 1.0) else mu          # zero-mean gauge: no 1e-17 noise
@@ -145,7 +180,15 @@ def plot_histogram(V: np.ndarray, out: Path) -> None:
         scale = len(V) * (edges[1] - edges[0])
         ax.plot(t, scale * np.exp(-0.5 * ((t - mu) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)),
                 color="C3", lw=1.5, label=f"Gaussian μ = {mu:.3g}, σ = {sd:.3g}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
+    if sigma is not None and np.isfinite(sigma).any():
+        ok = np.isfinite(sigma)
+        ax2 = ax.twinx()
+        ax2.scatter(V[ok], sigma[ok], s=8, color="C1", alpha=0.6, lw=0,
+                    label=f"σ of each state ({method}); median {np.median(sigma[ok]):.3g}")
+        ax2.set_ylabel(f"σ(V) ({method})", color="C1")
+        ax2.set_ylim(0, None)
+        ax2.legend(fontsize=8, loc="upper right")
     ax.set_xlabel("potential V (main component, zero mean)")
     ax.set_ylabel("states")
     ax.set_title("Distribution of the fitted potential")
@@ -160,7 +203,9 @@ def plot_graph(pts, stats, out: Path, *, per_state: int = 3) -> None:
     fig, ax = _figure()
     fig.set_size_inches(7.2, 6.0)
     top, V, states = pts["graph_states"], pts["V"], pts["states"]
-    src, dst, w = pts["graph_src"], pts["graph_dst"], pts["graph_w"]
+    src, dst = pts["graph_src"], pts["graph_dst"]
+    lwt = pts["graph_log_w"] if "graph_log_w" in pts else np.log(pts["graph_w"])
+    w = np.exp(lwt - lwt.max()) if len(lwt) else lwt            # relative: no underflow
     k = len(top)
     pos = {int(s): i for i, s in enumerate(top)}
     y = V[top]                                                  # (k,)
@@ -180,13 +225,17 @@ def plot_graph(pts, stats, out: Path, *, per_state: int = 3) -> None:
         order = np.lexsort((-w, src))                           # strongest first per source
         rank = np.arange(len(src)) - np.searchsorted(src[order], src[order])
         keep = order[rank < per_state]
-        lw = np.log(w[keep])
+        lw = lwt[keep]
         alpha = 0.15 + 0.7 * (lw - lw.min()) / ((lw.max() - lw.min()) or 1.0)
         for e, a in zip(keep, alpha):
             p, q = pos[int(src[e])], pos[int(dst[e])]
             ax.add_patch(FancyArrowPatch((x[p], y[p]), (x[q], y[q]), arrowstyle="-|>",
                                          mutation_scale=9, lw=0.8, color="0.25", alpha=float(a),
                                          shrinkA=6, shrinkB=6, connectionstyle="arc3,rad=0.08"))
+    sig = pts["sigma"][top] if "sigma" in pts else np.full(k, np.nan)
+    if np.isfinite(sig).any():
+        ax.errorbar(x, y, yerr=np.where(np.isfinite(sig), sig, 0.0), fmt="none", ecolor="0.3", lw=1,
+                    capsize=3, zorder=2)
     sc = ax.scatter(x, y, c=y, cmap="viridis", s=60, zorder=3, edgecolors="k", linewidths=0.5)
     rank_x = np.argsort(np.argsort(x, kind="stable"), kind="stable")
     for p in range(k):                                          # alternate label heights
@@ -200,16 +249,49 @@ def plot_graph(pts, stats, out: Path, *, per_state: int = 3) -> None:
                   f"{bp['unrelated']['states']} unrelated", fontsize=8)
     ax.set_xticks([])
     ax.set_xlim(-0.08, 1.18)
-    ax.set_ylabel("potential V (lower = more probable)")
+    ax.set_ylabel("potential V (lower = more probable)" + (" ± σ" if np.isfinite(sig).any() else ""))
     ax.set_title(f"{k} lowest-potential states and their {per_state} strongest transitions")
     ax.grid(alpha=0.3, axis="y")
     save_figure(fig, out, "graph")
 
 
-def _report_md(stats, potential, V_sorted) -> str:
+def _null_rows(stats: dict) -> list[str]:
+    nul = stats.get("null")
+    if not nul:
+        return []
+    lines = ["", f"## Against detailed balance ({nul['replicates']} null replicates, seed {nul['seed']})", "",
+             f"Null model: {nul['model']}. p = (1 + #null at least as extreme) / (1 + B), in the "
+             "direction of a violation.", "",
+             "| statistic | observed | null mean | null sd | p | alternative |", "|---|---|---|---|---|---|"]
+    for name, v in nul["statistics"].items():
+        lines.append(f"| {name} | {fmt(v['observed'])} | {fmt(v['null_mean'])} | {fmt(v['null_sd'])} | "
+                     f"{fmt(v['p_value'], '.3g')} | {v['alternative']} |")
+    return lines
+
+
+def _unbounded_rows(stats: dict, potential: dict) -> list[str]:
+    comp = stats["components"]
+    unbounded = [s for s, v in potential.items() if v is None]
+    if not unbounded:
+        return []
+    pos, lvl = comp["state_position"], comp.get("state_level", {})
+    # highest above first, then unrelated / dropped, then deepest below last
+    key = {s: (-lvl[s] if s in lvl else 0, pos.get(s, "")) for s in unbounded}
+    ordered = sorted(unbounded, key=lambda s: key[s])
+    lines = ["", f"{len(unbounded)} states have unbounded potential relative to the main component "
+                 "(null in potential.json), ordered by their level in the condensation (+k: k "
+                 "components above the main one along the longest chain, -k below):", ""]
+    lines += [f"- `{s}`: {pos.get(s, '?')}" + (f", level {lvl[s]:+d}" if s in lvl else "") for s in ordered[:20]]
+    if len(unbounded) > 20:
+        lines.append(f"- … and {len(unbounded) - 20} more")
+    return lines
+
+
+def _report_md(stats, potential, V_sorted, sigma=None) -> str:
     pw, lp, hd = stats["pairwise"], stats["loops"], stats["hodge"]
     ep, rev, comp, fit = (stats["entropy_production"], stats["reversibility"],
                           stats["components"], stats["fit"])
+    unc = stats.get("uncertainty") or {}
     rows = [
         ("input", f"`{stats['input']}` ({stats['input_kind']})"),
         ("weights", stats["weights"]),
@@ -222,47 +304,50 @@ def _report_md(stats, potential, V_sorted) -> str:
         ("action (infimum)", fmt(stats["action"], ".8g")),
         ("fit", f"{fit['method']} on {fit['device']}, {fit['iterations']} iterations, "
                 f"{'converged' if fit['converged'] else 'NOT converged'}, {fit['seconds']:.3g} s"),
-        ("pairwise r", f"{fmt(pw['r'], '.5f')} ({pw['n_pairs']} pairs)"),
-        ("slope β", fmt(pw["slope"])),
+        ("pairwise r", _with_null(f"{fmt(pw['r'], '.5f')} ({pw['n_pairs']} pairs)", stats, "pairwise_r")),
+        ("slope β", _with_null(fmt(pw["slope"]), stats, "pairwise_slope")),
         ("pairwise χ²/ndf" if pw["chi2_ndf"] is not None else "pairwise RMS residual",
          f"{fmt(pw['chi2_ndf'])} ({pw['ndf']} ndf)" if pw["chi2_ndf"] is not None
          else fmt(pw["rms_residual"])),
-        ("3-cycles", f"{lp['count']}, " + (f"χ²/ndf {fmt(lp['chi2_ndf'])}" if lp["chi2_ndf"] is not None
-                                           else f"RMS {fmt(lp['rms'])}")),
-        ("Hodge gradient fraction", f"{fmt(hd['gradient_fraction'], '.6f')} "
-                                    f"(cycle rank {hd['cycle_rank']})"),
-        ("entropy production", f"{fmt(ep['entropy_production'])} nats/jump "
-                               f"(one-way flux {fmt(ep['one_way_flux_fraction'], '.3g')})"),
+        ("3-cycles", f"{lp['count']}, " + (_with_null(f"pooled χ²/ndf {fmt(lp['chi2_ndf'])}", stats, "loops_chi2_ndf")
+                                           if lp["chi2_ndf"] is not None else f"RMS {fmt(lp['rms'])}")),
+        ("Hodge gradient fraction", _with_null(f"{fmt(hd['gradient_fraction'], '.6f')} "
+                                               f"(cycle rank {hd['cycle_rank']})", stats, "gradient_fraction")),
+        ("entropy production", _with_null(f"{fmt(ep['entropy_production'])} nats/jump "
+                                          f"(one-way flux {fmt(ep['one_way_flux_fraction'], '.3g')})",
+                                          stats, "entropy_production")),
     ]
     if rev:
         rows.append(("reversibility G²", f"{fmt(rev['G2'])}, dof {rev['dof']}, "
-                                          f"p = {fmt(rev['p_value'], '.3g')}"))
+                                          f"p = {fmt(rev['p_value'], '.3g')} (asymptotic)"))
+    if unc.get("method"):
+        rows.append(("error bars", f"{unc['method']}: median σ {fmt((unc.get(unc['method']) or {}).get('median_sigma'))} "
+                                   "(uncertainty.json)"))
     lines = ["# dbgpu fit report", "", "| quantity | value |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
+    lines += _null_rows(stats)
     lines += ["", "## Detailed balance", "", "![detailed balance scatter](db_scatter.png)", "",
               "## Kolmogorov loops", "", "![loops](loops.png)", "",
               "## Potential", "", "![potential histogram](potential_hist.png)", "",
               "![states by potential](graph.png)", ""]
-    lines += ["Lowest-potential states (V relative to the main component's mean):", "",
-              "| state | V |", "|---|---|"]
-    lines += [f"| `{s}` | {v:.4f} |" for s, v in V_sorted[:20]]
-    unbounded = [s for s, v in potential.items() if v is None]
-    if unbounded:
-        pos = comp["state_position"]
-        lines += ["", f"{len(unbounded)} states have unbounded potential relative to the main "
-                      "component (null in potential.json):", ""]
-        lines += [f"- `{s}`: {pos.get(s, '?')}" for s in unbounded[:20]]
-        if len(unbounded) > 20:
-            lines.append(f"- … and {len(unbounded) - 20} more")
-    lines += ["", "Files: potential.json, stats.json, fit_points.npz; figures also as PDF.", ""]
+    lines += ["Lowest-potential states (V relative to the main component's mean):", ""]
+    if sigma:
+        lines += ["| state | V | σ |", "|---|---|---|"]
+        lines += [f"| `{s}` | {v:.4f} | {fmt(sigma.get(s), '.3g')} |" for s, v in V_sorted[:20]]
+    else:
+        lines += ["| state | V |", "|---|---|"]
+        lines += [f"| `{s}` | {v:.4f} |" for s, v in V_sorted[:20]]
+    lines += _unbounded_rows(stats, potential)
+    files = "potential.json, stats.json, fit_points.npz" + (", uncertainty.json" if sigma else "")
+    lines += ["", f"Files: {files}; figures also as PDF.", ""]
     return "\n".join(lines)
 
 
-def write_report(dir: str | os.PathLike) -> Path:
-    """Draw the four figures (PNG + PDF) and write report.md into `dir`; return its path."""
-    out = Path(dir)
+def read_fit(out: Path):
+    """stats, potential, points and sigma (or None) of a finished fit in `out`."""
     if not out.is_dir():
         raise DbgpuError(f"report directory not found: {out}")
+    check_outputs(out, "fit")
     stats = read_json(out / "stats.json", what="stats file")
     potential = read_json(out / "potential.json", what="potential file")
     f = out / "fit_points.npz"
@@ -275,22 +360,44 @@ def write_report(dir: str | os.PathLike) -> Path:
         raise DbgpuError(f"cannot read {f}: {e}") from None
     if not isinstance(stats, dict) or "pairwise" not in stats or not isinstance(potential, dict):
         raise DbgpuError(f"{out} does not hold a dbgpu fit output (stats.json / potential.json)")
+    sigma = None
+    if (out / "uncertainty.json").is_file():
+        sig = read_json(out / "uncertainty.json", what="uncertainty file")
+        sigma = {s: v for s, v in sig.items() if v is not None} if isinstance(sig, dict) else None
+    return stats, potential, pts, sigma
+
+
+def write_report(dir: str | os.PathLike) -> Path:
+    """Draw the four figures (PNG + PDF) and write report.md into `dir`; return its path."""
+    out = Path(dir)
+    stats, potential, pts, sigma = read_fit(out)
     V_sorted = sorted(((s, v) for s, v in potential.items() if v is not None), key=lambda t: t[1])
+    begin_outputs(out, "report")
     plot_scatter(pts, stats, out)
     plot_loops(pts, stats, out)
-    plot_histogram(np.array([v for _, v in V_sorted]), out)
+    V = np.array([v for _, v in V_sorted])
+    sig = None if sigma is None else np.array([sigma.get(s, np.nan) for s, _ in V_sorted], dtype=float)
+    plot_histogram(V, out, sigma=sig, method=(stats.get("uncertainty") or {}).get("method"))
     plot_graph(pts, stats, out)
     path = out / "report.md"
-    write_text_atomic(path, _report_md(stats, potential, V_sorted) + _explain_section(out))
+    write_text_atomic(path, _report_md(stats, potential, V_sorted, sigma) + _explain_section(out))
+    finish_outputs(out, "report", [f"{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")] + ["report.md"])
     return path
 
 
 def _explain_section(out: Path) -> str:
-    """report.md's section on explaining V, when `dbgpu explain` has written explain.json."""
+    """report.md's section on explaining V, when `dbgpu explain` has written explain.json
+    for the current fit (an explanation of an earlier fit, stale in the manifest, is left out)."""
     from dbgpu.explain import explain_markdown
 
     f = out / "explain.json"
-    return "\n" + explain_markdown(read_json(f, what="explain file")) if f.is_file() else ""
+    if not f.is_file():
+        return ""
+    try:
+        check_outputs(out, "explain", verify=False)
+    except DbgpuError:
+        return ""
+    return "\n" + explain_markdown(read_json(f, what="explain file"))
 
 
 # ----------------------------------------------------------------------------- compare
@@ -337,7 +444,7 @@ def plot_db_index(summaries: list[dict], out: Path) -> None:
     save_figure(fig, out, "db_index")
 
 
-def compare_markdown(summaries: list[dict], rows: list[dict]) -> str:
+def compare_markdown(summaries: list[dict], rows: list[dict], spread: dict | None = None) -> str:
     lines = ["# dbgpu compare", "", "## Runs", "",
              "| run | bounded | Hodge gradient fraction | pairwise r | beta | loops RMS | mean coverage | "
              "mean self | score s | pairs/s | device |",
@@ -360,5 +467,13 @@ def compare_markdown(summaries: list[dict], rows: list[dict]) -> str:
                      f"{fmt(r['spearman_V'], '.3f')} | {fmt(r['slope_V'], '.3f')} | "
                      f"{fmt(r['pearson_logratio'], '.3f')} | "
                      f"{fmt(r['rms_logratio'], '.3f')} |")
+    if spread and spread.get("rows"):
+        scale = ", ".join(f"{lab} {fmt(a, '.3f')}" for lab, a in zip(spread["runs"], spread["scale"]))
+        lines += ["", "## Spread of V across the runs (the error of an exact kernel's V)", "",
+                  f"On the {spread['states']} states bounded in every run: each run's V re-centred there, "
+                  f"then divided by its least-squares scale onto the runs' mean profile ({scale}). Median sd "
+                  f"across runs: {fmt(spread['median_sd'], '.3g')} after gauge and scale, "
+                  f"{fmt(spread['median_sd_gauge'], '.3g')} after the gauge alone. Per state: spread.csv; "
+                  "uncertainty.json holds the gauge-and-scale sd.", ""]
     lines += ["", "![potentials](potentials.png)", "", "![detailed-balance index](db_index.png)", ""]
     return "\n".join(lines)

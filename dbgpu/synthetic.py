@@ -67,6 +67,37 @@ def sparse_kernel(n: int, *, seed: int = 0, degree: float = 8.0, sigma: float = 
     return V - V.mean(), src.astype(np.int64), dst.astype(np.int64), logT
 
 
+def metropolis_kernel(n: int, *, seed: int = 0, degree: float = 8.0, sigma: float = 1.0):
+    """(V (n,), src, dst (E,), logT (E,)): Metropolis–Hastings on a random graph (about
+    `degree` neighbours per state): propose a uniform neighbour g of f, accept with
+    `min(1, exp(V_f - V_g) deg_f / deg_g)`. Detailed balance holds exactly with
+    `pi ~ exp(-V)`: `log T(f,g) - log T(g,f) = V(f) - V(g)`; a rejected proposal stays
+    at f (the rest of each row)."""
+    rng = np.random.default_rng(seed)
+    V = rng.normal(0.0, sigma, n)
+    m = int(n * degree / 2)
+    a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+    keep = a != b
+    key = np.unique(np.minimum(a, b)[keep] * n + np.maximum(a, b)[keep])
+    lo, hi = key // n, key % n
+    src, dst = np.r_[lo, hi], np.r_[hi, lo]
+    order = np.lexsort((dst, src))
+    src, dst = src[order].astype(np.int64), dst[order].astype(np.int64)
+    ld = np.log(np.bincount(src, minlength=n).clip(1))           # (n,) log degree
+    logT = -ld[src] + np.minimum(0.0, V[src] - V[dst] + ld[src] - ld[dst])
+    return V - V.mean(), src, dst, logT
+
+
+def sampled_transitions(n: int, src: np.ndarray, dst: np.ndarray, logT: np.ndarray, *, queries: int,
+                        seed: int = 0):
+    """`Transitions` of `queries` queries on a sparse kernel with the paper's protocol
+    (`sample`: uniform sources; the rest of a row's mass is a rejected answer)."""
+    from dbgpu.data import count_queries
+
+    f, g = sample(n, src, dst, np.exp(logT), queries=queries, seed=seed)
+    return count_queries(state_names(n), f, g, kind="synthetic")
+
+
 def sample(n: int, src: np.ndarray, dst: np.ndarray, T: np.ndarray, *, queries: int,
            seed: int = 0):
     """Simulate the paper's protocol on a known kernel: each query draws its source
@@ -130,3 +161,23 @@ def write_transitions_jsonl(path: str | os.PathLike, states: list[str], source, 
                                 "step": k, "slot": 0}))
     write_text_atomic(path, "\n".join(rows) + "\n")
     return Path(path)
+
+
+def null_p_values(seed: int, *, curl: float = 0.0, n: int = 20, per_source: int = 3000, replicates: int = 30):
+    """Calibration of `fit --null`: a dense n-state chain (`curl` > 0 adds cycle flux),
+    sampled `per_source` times from each state, fitted with count weights; returns (the
+    p-value of each statistic under its null from `replicates` resamples, the null section).
+    Under detailed balance (curl 0) the p-values are uniform over seeds."""
+    from dbgpu.data import make_edges
+    from dbgpu.fit import fit_potential
+    from dbgpu.stats import detailed_balance_stats
+    from dbgpu.uncertainty import null_distribution
+
+    _, logT = dense_kernel(n, seed=seed, curl=curl)
+    t = sample_dense_counts(logT, per_source=per_source, seed=seed + 1)
+    e = make_edges(t, weights="counts")
+    fit = fit_potential(n, e.src, e.dst, log_w=e.log_w)
+    st, _ = detailed_balance_stats(e, fit, points=False)
+    nul = null_distribution(t, fit, st, replicates=replicates, seed=seed, weights="counts", reject="high",
+                            threshold=0)
+    return {k: v["p_value"] for k, v in nul["statistics"].items()}, nul

@@ -41,6 +41,14 @@ def test_run_formula_prints_its_summary_and_explains_V(tmp_path, capsys):
     assert code == 0, err
     assert json.loads((out / "explain.json").read_text())["folds"] == 3
 
+    # a new fit makes the explanation stale: the report leaves it out until explain runs again
+    assert run_cli(capsys, "fit", out, "--out", out, "--device", "cpu")[0] == 0
+    assert run_cli(capsys, "report", out)[0] == 0
+    assert "## Explaining V" not in (out / "report.md").read_text()
+    assert json.loads((out / "manifest.json").read_text())["outputs"]["explain"]["stale"]
+    assert run_cli(capsys, "explain", out)[0] == 0
+    assert "## Explaining V by state features" in (out / "report.md").read_text()
+
 
 def _explore_dir(path, states, counts):
     """A hand-written explore directory: transitions f -> g repeated counts[f][g] times."""

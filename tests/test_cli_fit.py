@@ -37,6 +37,7 @@ def test_claude_word_case(tmp_path, capsys):
     st = json.loads((tmp_path / "fit" / "stats.json").read_text())
     assert (st["n_states"], st["n_edges"], st["weights"]) == (5, 7, "high_reject")
     assert st["components"]["state_position"] == {"BUZZY": "above", "TURKEY": "above"}
+    assert st["components"]["state_level"] == {"BUZZY": 2, "TURKEY": 1}       # BUZZY -> TURKEY -> main
     assert st["components"]["main_size"] == 3 and st["fit"]["converged"]
     assert "main component 3 states" in out
 
@@ -125,6 +126,49 @@ def test_console_entry_point(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr == f"dbgpu report: error: report directory not found: {tmp_path / 'nothing'}\n"
+
+
+def test_fit_and_report_on_the_cpu_never_import_torch(tmp_path):
+    """Importing torch costs more than fitting 50,000 states: the CPU path does without."""
+    inp = write_claude_json(tmp_path / "claude.json")
+    code = ("import sys; from dbgpu.cli import main; "
+            f"rc = main(['fit', {str(inp)!r}, '--out', {str(tmp_path / 'f')!r}, '--device', 'cpu', '--null', '4']); "
+            f"rc = rc or main(['report', {str(tmp_path / 'f')!r}]); "
+            "sys.exit(10 if 'torch' in sys.modules else rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    # "auto" on a CPU-only torch build: told from torch/version.py, torch left unloaded
+    code = ("import sys; from dbgpu.graph import _torch_may_have_gpu, analysis_device; "
+            "gpu = _torch_may_have_gpu(); d = analysis_device('auto'); "
+            "sys.exit(0 if gpu or (d == 'cpu' and 'torch' not in sys.modules) else 1)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_underflowed_kernel_is_fitted_and_reported(tmp_path, capsys):
+    """log T far below float64's range: fitted from log w; an edge beyond reach relative to
+    the others is counted in stats.json and named on stderr."""
+    from dbgpu import synthetic as sy
+    from dbgpu.data import write_score_dir
+
+    V, logT = sy.dense_kernel(12, seed=3)
+    write_score_dir(tmp_path / "a", sy.state_names(12), logT)
+    write_score_dir(tmp_path / "b", sy.state_names(12), logT - 3000.0)
+    low = logT.copy()
+    low[0, 5] -= 900.0
+    write_score_dir(tmp_path / "c", sy.state_names(12), low)
+    for d in "abc":
+        rc, _, err = run(["fit", str(tmp_path / d), "--out", str(tmp_path / f"f{d}")], capsys)
+        assert rc == 0
+        if d == "c":
+            assert "1 of 132 edges have weights more than 745 nats below the largest" in err
+        else:
+            assert err == ""
+    pa, pb = (json.loads((tmp_path / f"f{d}" / "potential.json").read_text()) for d in "ab")
+    assert all(abs(pa[s] - pb[s]) < 1e-9 for s in pa)
+    sb = json.loads((tmp_path / "fb" / "stats.json").read_text())
+    assert sb["underflow"]["edges_exp_underflow"] == 132 and sb["underflow"]["fit_dropped"] == 0
+    sc = json.loads((tmp_path / "fc" / "stats.json").read_text())
+    assert sc["underflow"]["fit_dropped"] == 1 and sc["n_edges"] == 132
 
 
 def test_low_reject_weights_and_dropped_states(tmp_path, capsys):

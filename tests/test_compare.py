@@ -86,8 +86,10 @@ def test_compare_writes_its_table_and_reuses_scores(tmp_path, monkeypatch):
     assert len(first["runs"]) == 4 and len(first["pairs"]) == 6
     assert not any(r["reused"] for r in first["runs"])
     for name in ("compare.md", "compare.csv", "runs.csv", "compare.json", "potentials.png", "potentials.pdf",
-                 "db_index.png"):
+                 "db_index.png", "spread.csv", "uncertainty.json", "manifest.json"):
         assert (out / name).is_file(), name
+    unc = json.loads((out / "uncertainty.json").read_text())
+    assert list(unc) == states and first["spread"]["states"] == sum(v is not None for v in unc.values())
     assert json.loads((out / "compare.json").read_text())["pairs"] == json.loads(json.dumps(first["pairs"]))
     assert (out / "compare.csv").read_text().count("\n") == 1 + 6
 
@@ -134,3 +136,65 @@ def test_compare_command_prints_every_pair(tmp_path, capsys):
     assert runs == ["random-llama__paper", "random-llama__puzzle", "random-qwen2__paper", "random-qwen2__puzzle"]
     meta = json.loads((out / "runs" / "random-qwen2__puzzle" / "meta.json").read_text())
     assert meta["template"] == "puzzle" and meta["model"] == "random:qwen2"
+
+
+def test_reuse_needs_the_same_prompts_method_and_dtype(tmp_path, monkeypatch):
+    import dbgpu.commands.score
+    import dbgpu.report
+    from dbgpu.io import finish_outputs
+
+    monkeypatch.setattr(dbgpu.report, "write_report", lambda d: None)     # each run's figures: not tested here
+    out = tmp_path / "cmp"
+    states = ["ATTITUDE", "BUZZY", "TURKEY"]
+    kw = dict(models=["random:llama"], templates=["paper", "terse"], task_name="word100", states=states,
+              out=out, device="cpu", progress=False, log=lambda *a: None)
+    compare_job(**kw)
+    real, scored = dbgpu.commands.score.score_job, []
+
+    def counting(**k):
+        scored.append(k["out"].name)
+        return real(**k)
+
+    monkeypatch.setattr(dbgpu.commands.score, "score_job", counting)
+    run = out / "runs" / "random-llama__paper"
+    prompts = json.loads((run / "prompts.json").read_text())
+    prompts["sources"]["BUZZY"] = prompts["sources"]["BUZZY"].replace("BUZZY", "BUZZ")   # another rendering
+    (run / "prompts.json").write_text(json.dumps(prompts))
+    finish_outputs(run, "score", ["states.json", "logT.npy", "prompts.json", "meta.json"])  # a whole score
+    compare_job(**kw)
+    assert scored == ["random-llama__paper"]
+    compare_job(**{**kw, "method": "plain"})
+    assert scored[1:] == ["random-llama__paper", "random-llama__terse"]
+    compare_job(**{**kw, "method": "plain", "dtype": "bfloat16"})
+    assert len(scored) == 5
+    meta = json.loads((run / "meta.json").read_text())
+    assert (meta["method"], meta["dtype"]) == ("plain", "bfloat16")
+
+
+def test_spread_of_V_across_runs(tmp_path):
+    from dbgpu.comparison import potential_spread, spread_uncertainty
+
+    base = np.array([-1.0, 0.0, 1.0, 2.0])
+
+    def runs_of(noise):
+        runs = []
+        for k, (scale, shift) in enumerate([(1.0, 0.0), (2.0, 5.0), (1.5, -3.0)]):
+            pot = {s: float(v) for s, v in zip("ABCD", scale * (base + noise[k]) + shift)}
+            pot["E"] = None if k == 1 else 0.0                      # not bounded in every run
+            runs.append({"label": str(k), "potential": pot})
+        return runs
+
+    # one shape at three scales and gauges: no spread once both are aligned
+    sp = potential_spread(runs_of(np.zeros((3, 4))))
+    assert sp["states"] == 4 and [r["state"] for r in sp["rows"]] == list("ABCD")
+    assert all(r["sd"] == pytest.approx(0.0, abs=1e-12) for r in sp["rows"])
+    assert sp["rows"][0]["sd_gauge"] == pytest.approx(np.std([-1.5, -3.0, -2.25], ddof=1))   # A: scale * -1.5
+    assert np.array(sp["scale"]) / sp["scale"][0] == pytest.approx([1.0, 2.0, 1.5])
+    # one run moves one state: that state spreads most
+    noise = np.zeros((3, 4))
+    noise[2, 1] = 0.3
+    sp = potential_spread(runs_of(noise))
+    sd = [r["sd"] for r in sp["rows"]]
+    assert np.argmax(sd) == 1 and sd[1] > 0.1
+    unc = spread_uncertainty(sp, list("ABCDE"))
+    assert unc["E"] is None and unc["B"] == pytest.approx(sd[1])

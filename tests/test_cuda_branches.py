@@ -13,44 +13,39 @@ import dbgpu.graph as graph
 from dbgpu import synthetic as sy
 
 
-@pytest.fixture
-def segmented(monkeypatch):
-    """graph's node sums take the CUDA branch (torch.segment_reduce) on the CPU."""
-    monkeypatch.setattr(graph, "_segmented", lambda y: True)
-
-
 def _random_incidence(n=40, E=300, seed=0):
     rng = np.random.default_rng(seed)
     src = np.sort(rng.integers(0, n, E))
     dst = rng.integers(0, n, E)
-    return graph.incidence(n, src, dst, "cpu"), src, dst, torch.as_tensor(rng.normal(size=E))
+    return src, dst, rng.normal(size=E)
 
 
-def test_segment_sums_equal_index_add_sums(monkeypatch):
-    inc, src, dst, y = _random_incidence()
-    expected = [graph.out_sum(inc, y), graph.in_sum(inc, y), graph.divergence(inc, y)]
-    monkeypatch.setattr(graph, "_segmented", lambda y: True)
-    got = [graph.out_sum(inc, y), graph.in_sum(inc, y), graph.divergence(inc, y)]
-    for a, b in zip(got, expected):
-        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
-    by_hand = np.bincount(dst, y.numpy(), minlength=inc.n)                   # independent
-    np.testing.assert_allclose(got[1].numpy(), by_hand, atol=1e-12)
+def test_segment_sums_equal_the_numpy_sums():
+    """graph's torch backend (segment_reduce over sorted edges, what CUDA runs) on the CPU."""
+    src, dst, y = _random_incidence()
+    cpu = graph.incidence(40, src, dst, "cpu")                               # numpy backend
+    seg = graph.incidence(40, src, dst, "cpu", backend="torch")
+    assert seg.is_torch and not cpu.is_torch
+    yt = torch.as_tensor(y)
+    for fn in (graph.out_sum, graph.in_sum, graph.divergence):
+        np.testing.assert_allclose(fn(seg, yt).numpy(), fn(cpu, y), atol=1e-12)
+    np.testing.assert_allclose(graph.in_sum(seg, yt).numpy(), np.bincount(dst, y, minlength=40), atol=1e-12)
+    np.testing.assert_allclose(graph.out_sum(seg, yt).numpy(), np.bincount(src, y, minlength=40), atol=1e-12)
 
 
-def test_fit_through_segment_sums_equals_the_cpu_fit(monkeypatch):
+def test_fit_through_the_torch_backend_equals_the_numpy_fit():
     from dbgpu.fit import fit_potential
 
     V, src, dst, logT = sy.sparse_kernel(600, seed=3, degree=5)
     w = np.exp(logT)
     a = fit_potential(600, src, dst, w, device="cpu")
-    monkeypatch.setattr(graph, "_segmented", lambda y: True)
-    b = fit_potential(600, src, dst, w, device="cpu")
+    b = fit_potential(600, src, dst, w, device="cpu", backend="torch")
     np.testing.assert_allclose(b.V, a.V, atol=1e-9, equal_nan=True)
     assert b.action == pytest.approx(a.action, rel=1e-12)
 
 
-def test_power_iteration_through_segment_sums(segmented):
-    """stats' CUDA power iteration (_power_torch) with the CUDA node sums, against the dense solve."""
+def test_power_iteration_through_segment_sums():
+    """stats' CUDA power iteration (_power_torch, torch segment sums), against the dense solve."""
     from dbgpu.stats import _power_torch, stationary
 
     V, src, dst, logT = sy.sparse_kernel(300, seed=2, degree=6)

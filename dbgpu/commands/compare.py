@@ -3,20 +3,34 @@
 Scores the same states under every model x template (reusing score directories already
 in the output directory), fits each, and compares every pair of runs on the states
 bounded in both (`dbgpu.comparison`). Outputs: compare.md, compare.csv (one row per
-pair of runs), runs.csv (one row per run), compare.json, potentials.{png,pdf},
-db_index.{png,pdf}, and one score + fit directory per run under runs/.
+pair of runs), runs.csv (one row per run), compare.json, spread.csv and
+uncertainty.json (the spread of V across the runs: `dbgpu.comparison.potential_spread`,
+the honest error of an exact kernel's V), potentials.{png,pdf}, db_index.{png,pdf}, and
+one score + fit directory per run under runs/; the top-level files are vouched for by
+the directory's manifest (`dbgpu.io`).
+
+A run directory is reused only when its score is whole (its manifest checks out) and
+was made with the same states, model (and the file it resolves to; the model revision
+where meta.json records one that can be computed again here), task, template text,
+answer prefix, temperature, scoring method and dtype, and when its prompts.json equals
+the prompts this model's tokenizer renders now (the tokenizer alone is loaded for that:
+cheap; where it cannot be had without loading the model, as for a GGUF file not yet in
+the dequantised cache, the run is scored again).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 
 from dbgpu.errors import DbgpuError
-from dbgpu.io import check_out_dir, csv_text, locked_dir, read_json, write_json_atomic, write_text_atomic
+from dbgpu.io import (begin_outputs, check_out_dir, check_outputs, csv_text, finish_outputs, locked_dir, read_json,
+                      write_json_atomic, write_text_atomic)
 
 
 def slug(text: str) -> str:
@@ -30,17 +44,83 @@ def template_label(template: str | None) -> str:
     return Path(template).stem if Path(template).suffix or "/" in template else template
 
 
-def reusable(run_dir: Path, *, states: list[str], meta_wanted: dict) -> bool:
-    """Whether `run_dir` already holds the scores this run needs (same states, model,
-    task, template text, answer prefix and temperature)."""
+def prompts_sha256(prompts: dict) -> str:
+    """A hash of a prompts.json value (canonical JSON: sorted keys)."""
+    return hashlib.sha256(json.dumps(prompts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+#: where a meta.json may record the model's revision (newest layout first)
+REVISION_KEYS = (("provenance", "model", "revision"), ("resolved", "revision"), ("model_revision",),
+                 ("revision",), ("resolved", "sha256"), ("model_sha256",))
+
+
+def recorded_revision(meta: dict) -> tuple[tuple, object] | None:
+    """(where, value) of the first model revision that meta.json records, if any."""
+    for path in REVISION_KEYS:
+        v = meta
+        for k in path:
+            v = v.get(k) if isinstance(v, dict) else None
+        if v is not None:
+            return path, v
+    return None
+
+
+def _same(have, want) -> bool:
+    """Equal; for a dict wanted, equal on the wanted keys (meta.json may record more)."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(have.get(k) == v for k, v in want.items())
+    return have == want
+
+
+def reusable(run_dir: Path, *, states: list[str], meta_wanted: dict, prompts=None, revision=None) -> bool:
+    """Whether `run_dir` already holds the scores this run needs: a whole score (its
+    manifest checks out) with the same states and every `meta_wanted` value; the same
+    prompts when `prompts` (a callable giving the prompts.json value now) is given (no
+    reuse when it gives None); the same model revision where meta.json records one and
+    `revision` (a callable: where -> value or None) can compute it again."""
     try:
+        if check_outputs(run_dir, "score") is None:
+            return False                                     # nothing vouches for these files
         meta = read_json(run_dir / "meta.json", what="meta")
         have = read_json(run_dir / "states.json", what="states")
     except DbgpuError:
         return False
-    if not (run_dir / "logT.npy").is_file() or have != states:
+    if have != states or not all(_same(meta.get(k), v) for k, v in meta_wanted.items()):
         return False
-    return all(meta.get(k) == v for k, v in meta_wanted.items())
+    rec = recorded_revision(meta)
+    if rec is not None and revision is not None:
+        now = revision(rec[0])
+        if now is not None and now != rec[1]:
+            return False
+    if prompts is not None:
+        want = prompts()
+        try:
+            stored = read_json(run_dir / "prompts.json", what="prompts")
+        except DbgpuError:
+            return False
+        if want is None or prompts_sha256(stored) != prompts_sha256(want):
+            return False
+    return True
+
+
+def _tokenizer(model: str, cache_dir):
+    """The model's tokenizer without its weights, or None where that would cost loading
+    the model (a GGUF file not yet dequantised into the cache, an unreachable hub id)."""
+    from dbgpu.models import RANDOM_CONFIGS, byte_tokenizer, default_cache_dir, gguf_cache_path, resolve_model
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    r = resolve_model(model, cache_dir=cache)
+    if r["kind"] == "random":
+        return byte_tokenizer(chat=RANDOM_CONFIGS[r["path"].split(":", 1)[1]]["chat"])
+    path = gguf_cache_path(Path(r["path"]), cache) if r["kind"] == "gguf" else r["path"]
+    if r["kind"] == "gguf" and not (Path(path) / "config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError):
+        return None
 
 
 def run_summary(run: dict) -> dict:
@@ -70,6 +150,16 @@ def _check(models: list[str], templates: list[str | None]) -> None:
         raise DbgpuError("a model or template is listed twice")
 
 
+def _current_revision(resolved: dict, where: tuple):
+    """The model revision now, in the form meta.json records it at `where`, where it can be
+    computed without loading the model (a GGUF file's SHA-256); else None."""
+    if resolved["kind"] == "gguf" and where[-1] in ("sha256", "model_sha256"):
+        from dbgpu.io import file_sha256
+
+        return file_sha256(resolved["path"])
+    return None
+
+
 def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temperature: float,
                 method: str, device, dtype, cache_dir, progress: bool, log, placement: dict | None = None) -> list[dict]:
     """Score (or reuse), fit and report each template's run of one model; the model is
@@ -81,14 +171,29 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temper
     from dbgpu.models import load_model
     from dbgpu.tasks import task_spec, template_sha256
 
-    lm, runs = None, []
+    from dbgpu.devices import resolve_device, resolve_dtype
+    from dbgpu.formatting import encode_states
+    from dbgpu.models import resolve_model
+
+    lm, runs, tok = None, [], []
+    resolved = resolve_model(model, cache_dir=cache_dir)
+    dt = str(resolve_dtype(dtype, resolve_device(device))).removeprefix("torch.")
+
+    def tokenizer():                                         # loaded once, only when needed
+        if not tok:
+            tok.append(lm.tokenizer if lm is not None else _tokenizer(model, cache_dir))
+        return tok[0]
+
     for t in templates:
         task = tasks[t]
         label = f"{model} [{template_label(t)}]"
         run_dir = out / "runs" / f"{slug(model)}__{slug(template_label(t))}"
         wanted = {"model": model, "task": task_spec(task), "template_sha256": template_sha256(task),
-                  "answer_prefix": task.answer_prefix, "temperature": temperature}
-        reused = reusable(run_dir, states=states, meta_wanted=wanted)
+                  "answer_prefix": task.answer_prefix, "temperature": temperature, "method": method,
+                  "dtype": dt, "resolved": {"path": resolved["path"], "gguf_file": resolved["gguf_file"]}}
+        prompts = lambda: None if tokenizer() is None else encode_states(tokenizer(), task, states).prompts_json  # noqa: E731
+        reused = reusable(run_dir, states=states, meta_wanted=wanted, prompts=prompts,
+                          revision=lambda where: _current_revision(resolved, where))
         if reused:
             log(f"[{label}] reusing the scores in {run_dir}")
         else:
@@ -99,6 +204,7 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temper
             if score_job(model=model, task=task, states=states, out=run_dir, template_path=t,
                          temperature=temperature, method=method, progress=progress, lm=lm, overwrite=True) is None:
                 continue                          # another rank of a launched job: rank 0 fits
+            tok.clear()                                      # the loaded model's own tokenizer from now on
         fit_input(run_dir, run_dir, device="cpu" if str(device) == "cpu" else "auto")
         report_job(run_dir)
         runs.append({"label": label, "dir": str(run_dir), "reused": reused, "states": states,
@@ -139,19 +245,44 @@ def compare_job(*, models: list[str], templates: list[str | None], task_name: st
         return _write_comparison(out, runs, task_name=task_name, states=states, temperature=temperature)
 
 
+def compare_summary(result: dict) -> str:
+    """One line per pair of runs and one for the spread of V (what `dbgpu compare` prints)."""
+    from dbgpu.console import fmt
+
+    lines = [f"{r['a']}  vs  {r['b']}: {r['shared_bounded']} shared bounded states, Pearson V "
+             f"{fmt(r['pearson_V'])}, Spearman V {fmt(r['spearman_V'])}, slope {fmt(r['slope_V'])}, "
+             f"log-ratio r {fmt(r['pearson_logratio'])}" for r in result["pairs"]]
+    sp = result["spread"]
+    if sp.get("median_sd") is not None:
+        lines.append(f"spread of V across the runs on {sp['states']} states bounded in all: median sd "
+                     f"{fmt(sp['median_sd'])} after gauge and scale, {fmt(sp['median_sd_gauge'])} after the "
+                     f"gauge alone")
+    return "\n".join(lines)
+
+
 def _write_comparison(out: Path, runs: list[dict], *, task_name: str, states: list[str],
                       temperature: float) -> dict:
-    """compare.{csv,json,md}, runs.csv and the two figures."""
-    from dbgpu.comparison import compare_pair
+    """compare.{csv,json,md}, runs.csv, spread.csv, uncertainty.json and the two figures,
+    between `begin_outputs` and `finish_outputs`."""
+    from dbgpu.comparison import compare_pair, potential_spread, spread_uncertainty
+    from dbgpu.io import json_safe
     from dbgpu.report import compare_markdown, plot_db_index, plot_potentials
 
     summaries = [run_summary(r) for r in runs]
     rows = [compare_pair(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]]
+    spread = potential_spread(runs)
+    result = {"task": task_name, "states": states, "temperature": temperature, "runs": summaries, "pairs": rows,
+              "spread": {k: v for k, v in spread.items() if k != "rows"}}
+    begin_outputs(out, "compare")
     plot_potentials(runs, out)
     plot_db_index(summaries, out)
-    result = {"task": task_name, "states": states, "temperature": temperature, "runs": summaries, "pairs": rows}
     write_text_atomic(out / "compare.csv", csv_text(rows))
     write_text_atomic(out / "runs.csv", csv_text(summaries))
-    write_json_atomic(out / "compare.json", result)
-    write_text_atomic(out / "compare.md", compare_markdown(summaries, rows))
+    write_text_atomic(out / "spread.csv", csv_text(spread["rows"]))
+    write_json_atomic(out / "uncertainty.json", spread_uncertainty(spread, states))
+    write_json_atomic(out / "compare.json", json_safe(result))
+    write_text_atomic(out / "compare.md", compare_markdown(summaries, rows, spread))
+    finish_outputs(out, "compare", ["potentials.png", "potentials.pdf", "db_index.png", "db_index.pdf",
+                                    "compare.csv", "runs.csv", "spread.csv", "uncertainty.json",
+                                    "compare.json", "compare.md"])
     return result

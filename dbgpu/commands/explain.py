@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dbgpu.errors import DbgpuError
-from dbgpu.io import locked_dir, read_json, write_json_atomic
+from dbgpu.io import begin_outputs, check_outputs, finish_outputs, locked_dir, read_json, write_json_atomic
 
 
 def task_of(dir: Path) -> str:
@@ -96,6 +96,7 @@ def explain_job(dir: str | Path, *, task=None, folds: int = 5, seed: int = 0) ->
         raise DbgpuError(f"fit directory not found: {out}")
     if folds < 2:
         raise DbgpuError(f"--folds must be at least 2, got {folds}")
+    check_outputs(out, "fit")                    # a whole, current fit (or one no manifest vouches for)
     potential = read_json(out / "potential.json", what="potential file")
     if not isinstance(potential, dict):
         raise DbgpuError(f"{out / 'potential.json'} is not a JSON object of state -> V")
@@ -104,8 +105,10 @@ def explain_job(dir: str | Path, *, task=None, folds: int = 5, seed: int = 0) ->
     doc = {"task": task_spec(t), "dir": str(out),
            **explain_potential(states, V, rows, folds=folds, seed=seed)}
     with locked_dir(out):                        # one writer per directory
+        begin_outputs(out, "explain")
         write_json_atomic(out / "explain.json", doc)
         plot_explain(doc, out)
+        finish_outputs(out, "explain", ["explain.json", "explain.png", "explain.pdf"])
         if (out / "report.md").is_file() and (out / "fit_points.npz").is_file():
             from dbgpu.report import write_report
 

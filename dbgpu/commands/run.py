@@ -65,10 +65,18 @@ def analysis_summary(stats: dict, potential: dict, *, top: int = 5) -> str:
     return "\n".join(lines)
 
 
+def seed_states(task, n: int) -> list[str]:
+    """The task's first `n` seed states (at least 2)."""
+    if n < 2:
+        raise DbgpuError(f"--n-states must be at least 2, got {n}")
+    return task.seed_states(n)
+
+
 def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[str] | None = None,
             template_path=None, temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto",
             cache_dir=None, batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
-            overwrite: bool = False, progress: bool = True, placement: dict | None = None, log=print) -> dict:
+            overwrite: bool = False, progress: bool = True, surface_forms: str = "canonical",
+            placement: dict | None = None, log=print) -> dict:
     """Seed states (or `states`) -> score -> fit -> explain -> report in `out`. Returns
     {"meta", "stats", "report", "explain"} ({} on the other ranks of a launched job)."""
     import contextlib
@@ -78,9 +86,7 @@ def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[st
     from dbgpu.io import check_out_dir, locked_dir
 
     if states is None:
-        if n_states < 2:
-            raise DbgpuError(f"--n-states must be at least 2, got {n_states}")
-        states = task.seed_states(n_states)
+        states = seed_states(task, n_states)
     else:
         from dbgpu.tasks import canonical_states
 
@@ -88,14 +94,15 @@ def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[st
         if len(states) < 2:
             raise DbgpuError(f"a run needs at least 2 states, got {len(states)}")
     check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens,
-                        rows_per_block=rows_per_block)
+                        rows_per_block=rows_per_block, surface_forms=surface_forms)
     out = check_out_dir(out)
     main = launched().main                       # under torchrun, rank 0 writes and reports
     with locked_dir(out) if main else contextlib.nullcontext():   # score, fit and report: one writer
         return _run(model=model, task=task, states=states, out=Path(out), template_path=template_path,
                     temperature=temperature, method=method, device=device, dtype=dtype, cache_dir=cache_dir,
                     batch_tokens=batch_tokens, max_logits=max_logits, rows_per_block=rows_per_block,
-                    overwrite=overwrite, progress=progress, placement=placement, log=log)
+                    overwrite=overwrite, progress=progress, surface_forms=surface_forms, placement=placement,
+                    log=log)
 
 
 def _run(*, model, task, states, out: Path, device, log, **scoring) -> dict:

@@ -38,10 +38,13 @@ SCORE_FILES = ("states.json", "logT.npy", "prompts.json", "meta.json")
 
 
 def check_score_options(*, temperature: float, method: str, max_logits: int | None, batch_tokens: int | None,
-                        rows_per_block: int = 128) -> None:
+                        rows_per_block: int = 128, surface_forms: str = "canonical") -> None:
     """Every scoring option, checked before any work (one-line errors)."""
+    from dbgpu.formatting import SURFACE_FORMS
     from dbgpu.scoring import check_method
 
+    if surface_forms not in SURFACE_FORMS:
+        raise DbgpuError(f"unknown --surface-forms {surface_forms!r} (use {' or '.join(SURFACE_FORMS)})")
     check_temperature(temperature)
     check_method(method)
     check_positive("max logits", max_logits, allow_none=True)
@@ -79,17 +82,17 @@ def scoring_plan(config, enc, *, method: str, device_type: str, dtype: str, batc
     shape = model_shape(text, dtype=dtype, n_params=n_params)
     if method == "plain":
         budget = default_budget(device_type, tokens=batch_tokens or PLAIN_BATCH_TOKENS, head_logits=max_logits)
-        longest = max(map(len, enc.prompt_ids)) + max(map(len, enc.cont_ids))
-        plan = plan_plain(shape, n_pairs=len(enc.prompt_ids) * len(enc.cont_ids), longest=longest, budget=budget)
+        longest = max(map(len, enc.prompt_ids)) + max(map(len, enc.scored_ids))
+        plan = plan_plain(shape, n_pairs=len(enc.prompt_ids) * len(enc.scored_ids), longest=longest, budget=budget)
     else:
         budget = default_budget(device_type, tokens=batch_tokens, head_logits=max_logits)
-        plan = plan_scoring(shape, enc.prompt_ids, enc.cont_ids, budget, block_rows=rows_per_block)
+        plan = plan_scoring(shape, enc.prompt_ids, enc.scored_ids, budget, block_rows=rows_per_block)
     return {"method": method, "device_type": device_type, **plan.as_dict()}
 
 
 def plan_job(*, model: str, task: Task, states: list[str], method: str = "tree", device="auto", dtype="auto",
              cache_dir=None, batch_tokens: int | None = None, max_logits: int | None = None,
-             rows_per_block: int = 128) -> dict:
+             rows_per_block: int = 128, surface_forms: str = "canonical") -> dict:
     """`dbgpu score --dry-run`: the batch plan of a score job from the model's config and
     tokenizer, without loading its weights and without writing anything. The device need
     not be present (plan for CUDA on a laptop)."""
@@ -101,12 +104,12 @@ def plan_job(*, model: str, task: Task, states: list[str], method: str = "tree",
     from dbgpu.tasks import canonical_states
 
     check_score_options(temperature=1.0, method=method, max_logits=max_logits, batch_tokens=batch_tokens,
-                        rows_per_block=rows_per_block)
+                        rows_per_block=rows_per_block, surface_forms=surface_forms)
     states = canonical_states(task, states)
     kind = device_type(device)
     dt = str(resolve_dtype(dtype, torch.device(kind))).removeprefix("torch.")
     config, tok, resolved = model_config(model, cache_dir=cache_dir)
-    enc = encode_states(tok, task, states)
+    enc = encode_states(tok, task, states, surface_forms=surface_forms)
     plan = scoring_plan(config, enc, method=method, device_type=kind, dtype=dt, batch_tokens=batch_tokens,
                         max_logits=max_logits, rows_per_block=rows_per_block)
     return {"model": model, "resolved": resolved, "dtype": dt, "n_states": len(states), "plan": plan}
@@ -116,21 +119,25 @@ def _sha256(obj) -> str:
     return hashlib.sha256(json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+#: binding settings an older dbgpu did not record, as it behaved
+SETTING_DEFAULTS = {"surface_forms": "canonical"}
+
+
 def job_settings(*, model: str, task: Task, states: list[str], temperature: float, method: str, device_type: str,
-                 dtype: str, rows_per_block: int) -> dict:
+                 dtype: str, rows_per_block: int, surface_forms: str = "canonical") -> dict:
     """What a score directory is bound to: a resume must repeat every one of these."""
     from dbgpu.tasks import task_spec, template_sha256
 
     return {"model": model, "task": task_spec(task), "template_sha256": template_sha256(task),
             "answer_prefix": task.answer_prefix, "states_sha256": _sha256(states), "n_states": len(states),
             "temperature": temperature, "method": method, "device_type": device_type, "dtype": dtype,
-            "rows_per_block": rows_per_block}
+            "rows_per_block": rows_per_block, "surface_forms": surface_forms}
 
 
 def _differs(stored: dict, wanted: dict) -> str | None:
     """The first binding setting in which `stored` differs from `wanted`, said in words."""
     for key, value in wanted.items():
-        if stored.get(key) != value:
+        if stored.get(key, SETTING_DEFAULTS.get(key)) != value:
             if key.endswith("sha256"):
                 return f"another {key.removesuffix('_sha256').replace('_', ' ')}"
             return f"{key} {stored.get(key)!r}, not {value!r}"
@@ -166,19 +173,20 @@ def _open_job(out: Path, settings: dict, *, overwrite: bool) -> tuple[dict | Non
 def score_job(*, model: str, task: Task, states: list[str], out: str | Path, template_path=None,
               temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto", cache_dir=None,
               batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
-              overwrite: bool = False, progress: bool = True, profile: str | Path | None = None,
-              placement: dict | None = None, lm=None) -> dict:
+              overwrite: bool = False, progress: bool = True, profile: str | Path | None = None, lm=None,
+              surface_forms: str = "canonical", placement: dict | None = None) -> dict:
     """Score `states` under `model` into a score directory (resuming one that is part done).
     Returns meta.json's dict (with "already_complete": True when the directory held this
     very score and nothing was done); None on the other ranks of a launched job.
-    placement: big-model dispatch options for `load_model` (device_map, max_memory,
-    offload_dir): one process spreads the model over its devices (not under a launcher)."""
+    surface_forms="all": T(f, g) sums every surface form of g the task lists. placement:
+    big-model dispatch options for `load_model` (device_map, max_memory, offload_dir): one
+    process spreads the model over its devices (not under a launcher)."""
     from dbgpu import distributed as dd
     from dbgpu.devices import resolve_device, resolve_dtype
     from dbgpu.tasks import canonical_states
 
     check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens,
-                        rows_per_block=rows_per_block)
+                        rows_per_block=rows_per_block, surface_forms=surface_forms)
     states = canonical_states(task, states)
     out = check_out_dir(out)
     profile = check_out_dir(profile) if profile is not None else None
@@ -190,7 +198,8 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
         "auto" if placement and placement.get("device_map") is not None else dd.rank_device(device, ranks))
     dt = lm.dtype if lm is not None else resolve_dtype(dtype, dev)
     settings = job_settings(model=model, task=task, states=states, temperature=temperature, method=method,
-                            device_type=dev.type, dtype=str(dt).removeprefix("torch."), rows_per_block=rows_per_block)
+                            device_type=dev.type, dtype=str(dt).removeprefix("torch."), rows_per_block=rows_per_block,
+                            surface_forms=surface_forms)
     dd.start(ranks, dev)
     try:
         with locked_dir(out) if ranks.main else contextlib.nullcontext():
@@ -236,7 +245,7 @@ def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, se
     from dbgpu.provenance import prompts_sha256
 
     t0 = time.perf_counter()
-    enc = encode_states(lm.tokenizer, task, states)
+    enc = encode_states(lm.tokenizer, task, states, surface_forms=settings["surface_forms"])
     prompts_sha = prompts_sha256(enc.prompts_json)
     if job is not None and job.get("prompts_sha256") not in (None, prompts_sha):
         raise DbgpuError(f"{out} was scored with other prompt texts (another tokenizer or chat template); "
@@ -288,18 +297,20 @@ def _score_blocks(lm, enc, blocks: list[np.ndarray], mine: list[int], out: Path,
     """Score the blocks `mine`, writing each one's shard as it finishes."""
     from dbgpu import shards
     from dbgpu.console import progress as progress_bar
-    from dbgpu.scoring import ScoreStats, score_matrix
+    from dbgpu.scoring import ScoreStats, score_matrix, sum_surface_forms
 
     method, temperature = options["method"], options["temperature"]
     kw = {"max_logits": options["max_logits"], "batch_tokens": options["batch_tokens"]}
-    n = len(enc.cont_ids)
+    n = len(enc.scored_ids)
     bar = progress_bar(total=sum(len(blocks[k]) for k in mine) * n, enabled=progress, desc="scoring pairs",
                        unit="pair")
     for k in mine:
         rows = blocks[k]
         stats = ScoreStats(sync=sync)
-        logT = score_matrix(lm.model, [enc.prompt_ids[i] for i in rows], enc.cont_ids, method=method,
+        logT = score_matrix(lm.model, [enc.prompt_ids[i] for i in rows], enc.scored_ids, method=method,
                             temperature=temperature, pad_id=lm.tokenizer.pad_token_id, stats=stats, **kw)
+        if enc.form_starts is not None:                     # (R, M) forms -> (R, N) states
+            logT = sum_surface_forms(logT, enc.form_starts)
         shards.write_shard(out, k, rows, logT, stats=stats.as_dict(), call=call)
         bar.update(len(rows) * n)
     bar.close()
@@ -318,7 +329,7 @@ def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, tem
         raise DbgpuError(f"{out}: {len(blocks) - len(done)} of {len(blocks)} row blocks are missing after "
                          f"scoring (a rank failed?); run the same command again to score them")
     stats = merge_stats([s.stats for s in done.values()])
-    bound = trie_lower_bound(enc.prompt_ids, enc.cont_ids)
+    bound = trie_lower_bound(enc.prompt_ids, enc.scored_ids)
     stats.update(trie_lower_bound=bound, tokens_over_lower_bound=stats["tokens"] / bound, plan=plan)
     per_call, by_call = {}, {}
     for s in done.values():
@@ -327,6 +338,8 @@ def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, tem
     meta = _meta(lm=lm, task=task, states=states, template_path=template_path, temperature=temperature,
                  method=method, stats=stats, job=job)
     meta["scoring_calls"] = {c: merge_stats(parts) for c, parts in sorted(by_call.items())}
+    meta["surface_forms"] = {"mode": job["settings"].get("surface_forms", "canonical"),
+                             "continuations": len(enc.scored_ids)}
     meta["shards"] = {"blocks": len(blocks), "rows_per_block": job["settings"]["rows_per_block"],
                       "rows_scored": int(sum(per_call.values())), "rows_per_call": per_call,
                       "damaged_rescored": sum(len(c.get("damaged", [])) for c in job["calls"]),

@@ -51,21 +51,34 @@ def score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, met
     return score_sequences(model, prompts, conts, pairs, **kwargs).reshape(N, M)
 
 
+def sum_surface_forms(logT_forms: np.ndarray, starts) -> np.ndarray:
+    """(R, N) log of the summed probability of each state's surface forms, from (R, M)
+    log-probabilities of M continuations grouped by state (state k's forms are columns
+    starts[k]:starts[k+1]). A logsumexp per group in float64: O(R M) time, O(R N) memory."""
+    if len(starts) == logT_forms.shape[1]:                    # one form per state: nothing to add
+        return logT_forms
+    return np.logaddexp.reduceat(np.asarray(logT_forms, dtype=np.float64), np.asarray(starts), axis=1)
+
+
 def exact_kernel(lm, task, states: list[str], *, temperature: float = 1.0, method: str = "tree",
                  batch_tokens: int | None = None, max_logits: int | None = None, progress: bool = False,
-                 stats: ScoreStats | None = None):
-    """log T over all pairs of `states` for a loaded model: (logT (N, N), prompts.json dict, ScoreStats)."""
+                 stats: ScoreStats | None = None, surface_forms: str = "canonical"):
+    """log T over all pairs of `states` for a loaded model: (logT (N, N), prompts.json dict, ScoreStats).
+    surface_forms="all": T(f, g) sums the probabilities of every surface form of g (one
+    trie over all of them)."""
     from dbgpu.formatting import encode_states
 
-    enc = encode_states(lm.tokenizer, task, states)
+    enc = encode_states(lm.tokenizer, task, states, surface_forms=surface_forms)
     stats = stats if stats is not None else ScoreStats()
-    logT = score_matrix(lm.model, enc.prompt_ids, enc.cont_ids, method=method, temperature=temperature,
+    logT = score_matrix(lm.model, enc.prompt_ids, enc.scored_ids, method=method, temperature=temperature,
                         pad_id=lm.tokenizer.pad_token_id, progress=progress, stats=stats,
                         max_logits=max_logits, batch_tokens=batch_tokens)
-    stats.extra["trie_lower_bound"] = trie_lower_bound(enc.prompt_ids, enc.cont_ids)
+    if enc.form_starts is not None:
+        logT = sum_surface_forms(logT, enc.form_starts)
+    stats.extra["trie_lower_bound"] = trie_lower_bound(enc.prompt_ids, enc.scored_ids)
     stats.extra["tokens_over_lower_bound"] = stats.tokens / stats.extra["trie_lower_bound"]
     return logT, enc.prompts_json, stats
 
 
 __all__ = ["METHODS", "ScoreStats", "check_method", "exact_kernel", "score_matrix",
-           "score_sequences", "tree_score_matrix"]
+           "score_sequences", "sum_surface_forms", "tree_score_matrix"]

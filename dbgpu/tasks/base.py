@@ -19,7 +19,7 @@ from dbgpu.errors import DbgpuError
 
 REQUIRED_ATTRIBUTES = ("name", "template", "templates", "answer_prefix", "invalid_state", "start_state")
 REQUIRED_METHODS = ("messages", "render", "parse", "valid", "check_state", "seed_states")
-OPTIONAL_METHODS = ("hopeless", "features")
+OPTIONAL_METHODS = ("hopeless", "features", "surface_forms")
 
 
 @runtime_checkable
@@ -55,6 +55,8 @@ class Task(Protocol):
     #   features(g) -> dict[str, float]: numeric features of a valid state, the same names
     #       for every state, for `dbgpu explain`.
     #   max_new_tokens: int: explore's default answer length for this task.
+    #   surface_forms(g) -> list[str]: answer texts (as `render` gives them, render(g) first)
+    #       that `parse` maps to g, for `score --surface-forms all`; without it, [render(g)].
 
 
 def protocol_problems(task) -> list[str]:
@@ -102,3 +104,16 @@ def fill_template(template: str, state: str, **fields: str) -> str:
     for name, value in fields.items():
         template = template.replace("{" + name + "}", value)
     return template.replace("{state}", state)
+
+
+def surface_forms(task, g: str) -> list[str]:
+    """The answer texts of state g that a surface-form-summed kernel adds up: the task's
+    `surface_forms(g)` when it has one, else [render(g)]; render(g) first, no repeats, and
+    each one checked to parse to g (else a one-line DbgpuError naming the form)."""
+    from dbgpu.errors import DbgpuError
+
+    forms = list(dict.fromkeys([task.render(g), *getattr(task, "surface_forms", lambda g: [])(g)]))
+    for text in forms:
+        if task.parse(text) != g:
+            raise DbgpuError(f"task {task.name}: surface form {text!r} of {g} parses to {task.parse(text)!r}")
+    return forms

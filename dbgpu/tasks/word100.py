@@ -75,6 +75,12 @@ class Word100:
     def render(self, g: str) -> str:
         return after_prefix(self.answer_prefix, g)
 
+    def surface_forms(self, g: str) -> list[str]:
+        """Upper, Title and lower case, each with and without the leading space the answer
+        prefix implies (6 texts; fewer when they coincide)."""
+        cases = (g.upper(), g.title(), g.lower())
+        return list(dict.fromkeys(t for c in cases for t in (after_prefix(self.answer_prefix, c), c)))
+
     def parse(self, text: str) -> str | None:
         s = text.strip().upper()
         return s if s and is_word(s) else None

@@ -30,7 +30,7 @@ from dbgpu.io import LOCK_NAME
 BATCH = 4
 STEPS = 240                      # ~4 s of stepping for random:llama on a 2-core CPU
 EXPLORE = ["explore", "--model", "random:llama", "--task", "word100", "--batch", str(BATCH), "--seed", "3",
-           "--device", "cpu", "--quiet"]
+           "--device", "cpu", "--quiet", "--threads", "1"]     # one thread: steady on a loaded machine
 
 
 def start(args: list[str], **kw) -> subprocess.Popen:
