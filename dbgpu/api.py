@@ -69,18 +69,27 @@ def _pandas():
 
 
 def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = "auto",
-               cache_dir: PathLike | None = None, seed: int = 0) -> LM:
+               cache_dir: PathLike | None = None, seed: int = 0, device_map: str | dict | None = None,
+               max_memory: str | dict | None = None, offload_dir: PathLike | None = None) -> LM:
     """Load a model and its tokenizer once, to pass to `kernel` and `exploration`.
 
     `name`: an alias (smollm2-135m, gemma3-270m), random:llama|qwen2|gemma3 (tiny random
     weights, `seed`), a local directory, a .gguf file or a hub id. `device` auto is CUDA
     when available; `dtype` auto is bf16 on CUDA, float32 on CPU. GGUF models are
     dequantised once (tens of seconds on a CPU) and cached under `cache_dir` (default:
-    the user cache directory). Same as the CLI's --model/--device/--dtype/--cache-dir.
+    the user cache directory). `device_map` ("auto", "balanced", "balanced_low_0",
+    "sequential" or a {module: device} dict), `max_memory` ("0=20GiB,cpu=64GiB" or
+    accelerate's dict) and `offload_dir`: a model larger than one device, spread by
+    accelerate's big-model dispatch. Same as the CLI's --model/--device/--dtype/--cache-dir/
+    --device-map/--max-memory/--offload-dir.
     """
     from dbgpu.models import load_model as load
+    from dbgpu.models import parse_max_memory
 
-    return load(name, device=device, dtype=dtype, cache_dir=cache_dir, seed=seed)
+    if isinstance(max_memory, str):
+        max_memory = parse_max_memory(max_memory)
+    return load(name, device=device, dtype=dtype, cache_dir=cache_dir, seed=seed, device_map=device_map,
+                max_memory=max_memory, offload_dir=offload_dir)
 
 
 def get_task(spec: str = DEFAULT_TASK, *, template: str | None = None, answer_prefix: str | None = None) -> Task:

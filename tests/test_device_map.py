@@ -92,3 +92,11 @@ def test_sampling_from_a_dispatched_model_draws_the_same_answers(tmp_path, refer
                                  generator=torch.Generator().manual_seed(5))
         runs.append([s.ids for s in samples])
     assert runs[0] == runs[1] and any(runs[0])
+
+
+def test_python_api_takes_a_device_map(tmp_path, reference):
+    import dbgpu
+
+    lm = dbgpu.load_model("random:llama", device_map="auto", max_memory="cpu=400000", offload_dir=tmp_path)
+    k = dbgpu.kernel(lm, "word100", STATES, progress=False)
+    np.testing.assert_array_equal(k.logT, reference[1]["tree"])

@@ -201,7 +201,7 @@ def token_logprobs(head: OutputHead, h: torch.Tensor, pos: torch.Tensor, tok: to
 
     h (N, H) hidden states (model dtype), pos (K,) indices into h, tok (K,) token ids.
     Positions are processed in chunks of max_elements // V; time O(N x V x H), memory one
-    chunk of float32 logits plus the (K,) result. The result is on h's device (a dispatched
+    chunk of float32 logits and logsumexp's temporary of the same size, plus the (K,) result. The result is on h's device (a dispatched
     model's head may compute elsewhere).
     """
     N, K = h.shape[0], pos.shape[0]
@@ -219,7 +219,9 @@ def token_logprobs(head: OutputHead, h: torch.Tensor, pos: torch.Tensor, tok: to
         ka, kb = cuts[c], cuts[c + 1]
         if ka == kb:
             continue
-        z = head_logits(head, h[a:a + chunk]) / temperature                        # (c, V) on the head's device
+        z = head_logits(head, h[a:a + chunk])                                      # (c, V) on the head's device
+        if temperature != 1.0:
+            z.div_(temperature)                                                    # in place: one (c, V) less
         lse = torch.logsumexp(z, dim=-1)                                           # (c,)
         p, t = (pos_s[ka:kb] - a).to(z.device), tok_s[ka:kb].to(z.device)         # no-ops on one device
         vals[ka:kb] = (z[p, t] - lse[p]).to(vals.device)

@@ -23,10 +23,12 @@ of one forward, bytes (d = bytes of the model dtype):
     activations  B x Q x (6 H + 4 F + 3 (heads + 2 kv) head_dim) x d    (one layer at a time)
                  + 2 B x heads x K x head_dim x d                   (keys/values repeated for GQA)
                  + B x heads x Q x K x (4 + 2 d) with eager attention (scores; sdpa keeps none)
-    head         B x (I + 1) x H x d + 8 x min(head chunk, B x (I + 1) x V) + 64 MiB
-                                                                    (float32 logits, chunked)
+    head         B x (I + 1) x H x d + 2 x 4 x min(head chunk, B x (I + 1) x V) + 64 MiB
+                                                                    (a chunk of float32 logits and
+                                                                    logsumexp's temporary)
 
-and the predicted peak is weights + prefix KV + masks + max(batch KV + activations, head).
+and the predicted peak is weights + prefix KV + masks + max(batch KV + activations, head) (the
+batch KV cache is freed before the head runs).
 Rows per forward are the most that keep B x Q within the token budget and batch KV +
 activations within the working-memory budget; the float32 head is chunked over positions
 (at most `head_logits` logits at once), so logits never bound the batch. A trie whose one

@@ -267,6 +267,7 @@ def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout
         h, _ = hidden_states(model, input_ids=ids, attention_mask=mask, position_ids=pos,
                              use_cache=cache is not None, cache=cache)         # (B, Q, H)
         h = h[:, S - 1:]                                          # (B, keep, H): last suffix token + nodes
+        del cache, mask                                           # the batch's KV cache is freed before the head
     keep = I + 1
     with stats.stage("head", device):
         M = len(layout.tok)
