@@ -84,12 +84,10 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = 
     --device-map/--max-memory/--offload-dir.
     """
     from dbgpu.models import load_model as load
-    from dbgpu.models import parse_max_memory
+    from dbgpu.models import placement
 
-    if isinstance(max_memory, str):
-        max_memory = parse_max_memory(max_memory)
-    return load(name, device=device, dtype=dtype, cache_dir=cache_dir, seed=seed, device_map=device_map,
-                max_memory=max_memory, offload_dir=offload_dir)
+    placed = placement(device_map=device_map, max_memory=max_memory, offload_dir=offload_dir) or {}
+    return load(name, device=device, dtype=dtype, cache_dir=cache_dir, seed=seed, **placed)
 
 
 def get_task(spec: str = DEFAULT_TASK, *, template: str | None = None, answer_prefix: str | None = None) -> Task:
@@ -244,7 +242,8 @@ def kernel(model: LM | str, task: Task | str, states: States, *, temperature: fl
            device: str = "auto", dtype: str = "auto", cache_dir: PathLike | None = None,
            batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
            out: PathLike | None = None, overwrite: bool = False, progress: bool = True,
-           profile: PathLike | None = None, surface_forms: str = "canonical") -> Kernel | None:
+           profile: PathLike | None = None, surface_forms: str = "canonical", device_map: str | dict | None = None,
+           max_memory: str | dict | None = None, offload_dir: PathLike | None = None) -> Kernel | None:
     """The exact kernel log T(f, g) of a state set under a model, by teacher forcing: what
     `dbgpu score` computes, through the same job (`commands.score.score_job`).
 
@@ -253,18 +252,21 @@ def kernel(model: LM | str, task: Task | str, states: States, *, temperature: fl
     `template`, `answer_prefix`). `states`: a list, a states file, or N (the task's N
     seed states). `out`: score into this directory (resumable; kept) instead of a
     temporary one; `overwrite` as the CLI's --overwrite. `surface_forms="all"`: T(f, g)
-    sums every surface form of g the task lists (--surface-forms). Cost: N^2 continuations, the
+    sums every surface form of g the task lists (--surface-forms). `device_map`, `max_memory`,
+    `offload_dir`: as for `load_model`, when `model` is a name. Cost: N^2 continuations, the
     tree scorer running each distinct prompt prefix once; memory O(N^2) for log T.
     Returns None on the other ranks of a torchrun / accelerate launch.
     """
     from dbgpu.commands.score import score_job
+    from dbgpu.models import placement
 
     name, lm = _model(model)
     t = _task(task, template=template, answer_prefix=answer_prefix)
     job = dict(model=name, task=t, states=_state_list(t, states), template_path=template,
                temperature=temperature, method=method, device=device, dtype=dtype, cache_dir=cache_dir,
                batch_tokens=batch_tokens, max_logits=max_logits, rows_per_block=rows_per_block,
-               overwrite=overwrite, progress=progress, profile=profile, lm=lm, surface_forms=surface_forms)
+               overwrite=overwrite, progress=progress, profile=profile, lm=lm, surface_forms=surface_forms,
+               placement=placement(device_map=device_map, max_memory=max_memory, offload_dir=offload_dir))
     if out is not None:
         return None if score_job(out=out, **job) is None else Kernel.load(out)
     from dbgpu.distributed import launched
@@ -496,20 +498,24 @@ def exploration(model: LM | str, task: Task | str, *, steps: int, out: PathLike,
                 batch: int = 32, start: str | None = None, temperature: float = 1.0,
                 max_new_tokens: int | None = None, seed: int = 0, template: str | None = None,
                 answer_prefix: str | None = None, device: str = "auto", dtype: str = "auto",
-                cache_dir: PathLike | None = None, progress: bool = True) -> Exploration:
+                cache_dir: PathLike | None = None, progress: bool = True, device_map: str | dict | None = None,
+                max_memory: str | dict | None = None, offload_dir: PathLike | None = None) -> Exploration:
     """Run the sampling agent for `steps` steps of `batch` queries, appending one line
     per query to out/transitions.jsonl (a second call on `out` continues the run): what
     `dbgpu explore` does (`commands.explore.explore_job`). Pure temperature sampling;
     `protocol` paper (sources drawn from the discovered states) or walk. Cost: `steps`
-    batched generations of at most `max_new_tokens` tokens."""
+    batched generations of at most `max_new_tokens` tokens. `device_map`, `max_memory`,
+    `offload_dir`: as for `load_model`, when `model` is a name."""
     from dbgpu.commands.explore import explore_job
+    from dbgpu.models import placement
     from dbgpu.tasks import task_spec
 
     name, lm = _model(model)
     t = _task(task, template=template, answer_prefix=answer_prefix)
     res = explore_job(model=name, task=t, steps=steps, out=out, protocol=protocol, batch=batch, start=start,
                       temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, device=device,
-                      dtype=dtype, cache_dir=cache_dir, progress=progress, lm=lm)
+                      dtype=dtype, cache_dir=cache_dir, progress=progress, lm=lm,
+                      placement=placement(device_map=device_map, max_memory=max_memory, offload_dir=offload_dir))
     return Exploration(dir=Path(out), log=Path(res["log"]), task=task_spec(t), model=name,
                        first_step=res["first_step"], steps=res["steps"], summary=res["summary"],
                        discovered=res["discovered"], record=res)
@@ -545,18 +551,22 @@ class Comparison:
 def compare(models: Sequence[str], states: States = 24, *, out: PathLike, templates: Sequence[str] | None = None,
             task: str = DEFAULT_TASK, answer_prefix: str | None = None, temperature: float = 1.0,
             method: str = "tree", device: str = "auto", dtype: str = "auto", cache_dir: PathLike | None = None,
-            progress: bool = True) -> Comparison | None:
+            progress: bool = True, device_map: str | dict | None = None, max_memory: str | dict | None = None,
+            offload_dir: PathLike | None = None) -> Comparison | None:
     """Score one state set under every model x template (reusing runs already in `out`),
     fit each and compare the potentials: what `dbgpu compare` does
     (`commands.compare.compare_job`). `templates`: built-in names or files (default:
     the task's own). Cost: one `kernel` and one `potential` per run. Returns None on
-    the other ranks of a launched job."""
+    the other ranks of a launched job. `device_map`, `max_memory`, `offload_dir`: as for
+    `load_model`."""
     from dbgpu.commands.compare import compare_job
+    from dbgpu.models import placement
 
     if isinstance(models, str):
         raise DbgpuError("models must be a list of model names (a comparison needs at least two runs)")
     states = _state_list(get_task(task), states)
     result = compare_job(models=list(models), templates=list(templates) if templates else [None], task_name=task,
                          states=states, out=out, answer_prefix=answer_prefix, temperature=temperature,
-                         method=method, device=device, dtype=dtype, cache_dir=cache_dir, progress=progress)
+                         method=method, device=device, dtype=dtype, cache_dir=cache_dir, progress=progress,
+                         placement=placement(device_map=device_map, max_memory=max_memory, offload_dir=offload_dir))
     return Comparison(dir=Path(out), result=result) if result else None

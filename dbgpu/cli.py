@@ -54,15 +54,9 @@ def _placement_options(g) -> None:
 
 def _placement(args) -> dict | None:
     """The big-model dispatch options of `load_model`, or None without --device-map."""
-    from dbgpu.models import check_device_map, parse_max_memory
+    from dbgpu.models import placement
 
-    if args.device_map is None:
-        if args.max_memory or args.offload_dir:
-            raise DbgpuError("--max-memory and --offload-dir go with --device-map")
-        return None
-    check_device_map(args.device_map)
-    return {"device_map": args.device_map, "max_memory": parse_max_memory(args.max_memory),
-            "offload_dir": args.offload_dir}
+    return placement(device_map=args.device_map, max_memory=args.max_memory, offload_dir=args.offload_dir)
 
 
 def _task_options(p: argparse.ArgumentParser, *, default_task: str | None = None) -> None:

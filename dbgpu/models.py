@@ -360,6 +360,20 @@ def check_device_map(device_map) -> None:
         raise DbgpuError(f"unknown --device-map {device_map!r} (use {', '.join(DEVICE_MAPS)})")
 
 
+def placement(*, device_map=None, max_memory: str | dict | None = None,
+              offload_dir: str | Path | None = None) -> dict | None:
+    """The big-model dispatch options of `load_model` as the commands take them ({device_map,
+    max_memory, offload_dir}), or None without a device map; max_memory may be the CLI's
+    text. Options that need a device map without one are a one-line error."""
+    if device_map is None:
+        if max_memory or offload_dir:
+            raise DbgpuError("--max-memory and --offload-dir go with --device-map")
+        return None
+    check_device_map(device_map)
+    memory = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
+    return {"device_map": device_map, "max_memory": memory, "offload_dir": offload_dir}
+
+
 def dispatch(model, *, device_map, max_memory: dict | None = None, offload_dir: str | Path | None = None):
     """The model spread over devices by accelerate's big-model dispatch: layers on GPUs in
     order, then CPU memory, then `offload_dir` on disk (weights loaded per forward), as
