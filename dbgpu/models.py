@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from dbgpu.devices import input_device, resolve_device, resolve_dtype
+from dbgpu.distributed import launched
 from dbgpu.errors import DbgpuError
 from dbgpu.io import dir_mode, file_mode
 
@@ -364,12 +365,16 @@ def placement(*, device_map=None, max_memory: str | dict | None = None,
               offload_dir: str | Path | None = None) -> dict | None:
     """The big-model dispatch options of `load_model` as the commands take them ({device_map,
     max_memory, offload_dir}), or None without a device map; max_memory may be the CLI's
-    text. Options that need a device map without one are a one-line error."""
+    text. Options that need a device map without one, and a device map under a launcher
+    (each rank would spread its own copy over the same GPUs), are one-line errors."""
     if device_map is None:
         if max_memory or offload_dir:
             raise DbgpuError("--max-memory and --offload-dir go with --device-map")
         return None
     check_device_map(device_map)
+    if launched().world > 1:
+        raise DbgpuError("--device-map spreads one model over this machine's devices: run it as one process, "
+                         "not under torchrun / accelerate launch")
     memory = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
     return {"device_map": device_map, "max_memory": memory, "offload_dir": offload_dir}
 

@@ -75,6 +75,21 @@ def test_device_map_errors_are_one_line_and_write_nothing(tmp_path, capsys, argv
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["score", "compare"])
+def test_a_device_map_under_a_launcher_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch, command):
+    from dbgpu.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    out = tmp_path / "o"
+    argv = {"score": ["score", "--model", "random:llama", "--task", "word100", "--state-list", "ATTITUDE,BUZZY"],
+            "compare": ["compare", "--models", "random:llama,random:qwen2", "--n-states", "3"]}[command]
+    code = main([*argv, "--out", str(out), "--quiet", "--device-map", "auto"])
+    err = capsys.readouterr().err
+    assert code == 2 and "run it as one process" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_sampling_from_a_dispatched_model_draws_the_same_answers(tmp_path, reference):
     """The sampler's prefill, decode steps and float32 head through the dispatch: same seed,
     same answers as the undispatched model."""

@@ -191,9 +191,6 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
     out = check_out_dir(out)
     profile = check_out_dir(profile) if profile is not None else None
     ranks = dd.launched()
-    if placement and placement.get("device_map") is not None and ranks.world > 1:
-        raise DbgpuError("--device-map spreads one model over this machine's devices: run it as one process, "
-                         "not under torchrun / accelerate launch")
     dev = lm.device if lm is not None else resolve_device(
         "auto" if placement and placement.get("device_map") is not None else dd.rank_device(device, ranks))
     dt = lm.dtype if lm is not None else resolve_dtype(dtype, dev)
