@@ -110,3 +110,21 @@ def test_other_settings_are_refused_unless_overwrite(tmp_path, capsys, reference
     assert main([*SCORE, "--out", str(out), "--temperature", "0.5", "--overwrite"]) == 0
     assert json.loads((out / "meta.json").read_text())["temperature"] == 0.5
     assert not np.array_equal(_logT(out), reference)
+
+
+def test_a_job_logged_to_a_file_reports_each_block_as_it_is_written(tmp_path, capsys):
+    """Progress bars switch off where stderr is not a terminal; a batch job's log then gets
+    one line per block written, with the pairs done out of the job's total."""
+    assert main([a for a in SCORE if a != "--quiet"] + ["--out", str(tmp_path / "s")]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("scoring: block")]
+    assert [ln.split(" written")[0] for ln in lines] == [f"scoring: block {j}/4" for j in (1, 2, 3, 4)]
+    assert "28/49 pairs" in lines[1] and "49/49 pairs" in lines[3] and "left" in lines[0] + lines[1] + lines[2]
+    assert "left" not in lines[3]
+
+
+def test_time_left_golden():
+    from dbgpu.console import eta
+
+    assert eta(0, 10, 5.0) == "" and eta(10, 10, 5.0) == ""
+    assert eta(1, 4, 10.0) == ", about 30 s left"
+    assert eta(1, 4, 100.0) == ", about 5 min left"               # 300 s

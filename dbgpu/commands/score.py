@@ -24,6 +24,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -293,15 +294,18 @@ def _score_blocks(lm, enc, blocks: list[np.ndarray], mine: list[int], out: Path,
                   progress: bool, sync: bool = False) -> None:
     """Score the blocks `mine`, writing each one's shard as it finishes."""
     from dbgpu import shards
+    from dbgpu.console import eta
     from dbgpu.console import progress as progress_bar
     from dbgpu.scoring import ScoreStats, score_matrix, sum_surface_forms
 
     method, temperature = options["method"], options["temperature"]
     kw = {"max_logits": options["max_logits"], "batch_tokens": options["batch_tokens"]}
     n = len(enc.scored_ids)
-    bar = progress_bar(total=sum(len(blocks[k]) for k in mine) * n, enabled=progress, desc="scoring pairs",
-                       unit="pair")
-    for k in mine:
+    total = sum(len(blocks[k]) for k in mine) * n
+    bar = progress_bar(total=total, enabled=progress, desc="scoring pairs", unit="pair")
+    lines = progress and bar.disable                        # stderr is a log, not a terminal: one line per block
+    t0, done = time.perf_counter(), 0
+    for j, k in enumerate(mine):
         rows = blocks[k]
         stats = ScoreStats(sync=sync)
         logT = score_matrix(lm.model, [enc.prompt_ids[i] for i in rows], enc.scored_ids, method=method,
@@ -310,6 +314,11 @@ def _score_blocks(lm, enc, blocks: list[np.ndarray], mine: list[int], out: Path,
             logT = sum_surface_forms(logT, enc.form_starts)
         shards.write_shard(out, k, rows, logT, stats=stats.as_dict(), call=call)
         bar.update(len(rows) * n)
+        done += len(rows) * n
+        if lines:
+            sec = time.perf_counter() - t0
+            print(f"scoring: block {j + 1}/{len(mine)} written ({len(rows)} rows); {done:,}/{total:,} pairs "
+                  f"in {sec:.0f} s, {done / sec:,.1f} pairs/s{eta(done, total, sec)}", file=sys.stderr, flush=True)
     bar.close()
 
 
