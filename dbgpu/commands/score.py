@@ -318,7 +318,7 @@ def _score_blocks(lm, enc, blocks: list[np.ndarray], mine: list[int], out: Path,
         if lines:
             sec = time.perf_counter() - t0
             print(f"scoring: block {j + 1}/{len(mine)} written ({len(rows)} rows); {done:,}/{total:,} pairs "
-                  f"in {sec:.0f} s, {done / sec:,.1f} pairs/s{eta(done, total, sec)}", file=sys.stderr, flush=True)
+                  f"in {sec:,.0f} s, {done / sec:,.1f} pairs/s{eta(done, total, sec)}", file=sys.stderr, flush=True)
     bar.close()
 
 
