@@ -190,3 +190,14 @@ def test_bf16_tree_equals_bf16_plain(word_task, arch):
     fp32 = load_model(f"random:{arch}", device="cpu", dtype="float32", seed=0)
     ref = score_matrix(fp32.model, P, C, method="plain", pad_id=pad)
     assert 1e-5 < np.abs(tree - ref).max() < 5e-2            # bf16 is not float32, but close
+
+
+def test_target_chunks_keep_neighbouring_subtrees_together():
+    """Targets are grouped in token order, so chunks share their prefixes: 2 chunks where the
+    given order would need 4; one group keeps the given order."""
+    from dbgpu.scoring.trie import target_chunks
+
+    conts = [[5, 6, 9], [4, 9, 1], [5, 6, 8], [4, 9, 2]]      # prefixes (4,), (4, 9) and (5,), (5, 6)
+    assert [c.tolist() for c in target_chunks(conts, max_internal=2)] == [[1, 3], [2, 0]]
+    assert [c.tolist() for c in target_chunks(conts, max_internal=4)] == [[0, 1, 2, 3]]
+    assert [c.tolist() for c in target_chunks(conts, max_internal=1)] == [[1], [3], [2], [0]]

@@ -32,7 +32,9 @@ batch KV cache is freed before the head runs).
 Rows per forward are the most that keep B x Q within the token budget and batch KV +
 activations within the working-memory budget; the float32 head is chunked over positions
 (at most `head_logits` logits at once), so logits never bound the batch. A trie whose one
-row would not fit is cut into target chunks of at most `max_internal` internal nodes.
+row would not fit is cut into target chunks of at most `max_internal` internal nodes, and a
+large trie is cut further where that saves work (`chunk_size`): every row attends to the
+whole trie, so attention grows as I^2 while cutting repeats only the S suffix tokens.
 Cost of planning: O(log I) evaluations of these formulas.
 """
 
@@ -188,6 +190,46 @@ def max_internal(shape: ModelShape, budget: Budget, *, suffix: int, prefix: int)
     return lo
 
 
+#: the fewest internal nodes a target chunk is cut to for speed: below this a forward's fixed
+#: costs (kernel launches, the repeated suffix, Python) outweigh the attention it saves
+MIN_CHUNK = 256
+
+
+def row_flops(shape: ModelShape, *, suffix: int, prefix: int, internal: int) -> float:
+    """Estimated FLOPs of one source row against one trie of `internal` nodes: the linear
+    layers for Q = S + I queries, attention over K = P + Q keys per query (the dense tree
+    mask: every row attends to the whole trie) and the float32 head for the I + 1 kept
+    positions."""
+    Q, K = suffix + internal, prefix + suffix + internal
+    per_layer = (shape.hidden * (shape.heads + 2 * shape.kv_heads) * shape.head_dim
+                 + shape.heads * shape.head_dim * shape.hidden + 3 * shape.hidden * shape.intermediate)
+    linear = 2.0 * shape.layers * per_layer * Q
+    attention = 4.0 * shape.layers * shape.heads * shape.head_dim * Q * K
+    return linear + attention + 2.0 * shape.hidden * shape.vocab * (internal + 1)
+
+
+def chunk_size(shape: ModelShape, sizes: TrieSizes, *, cap: int) -> int:
+    """Internal nodes per target chunk: at most `cap` (what one row may hold), and fewer where
+    cutting the trie saves work. Attention grows with the trie (each row attends to all of
+    it), the suffix is run again for every chunk: the size minimising the estimated FLOPs
+    of all chunks (`row_flops`) over even cuts of at least MIN_CHUNK nodes, kept only when it
+    saves at least 10% (the estimate leaves out each forward's fixed costs). O(I / MIN_CHUNK)
+    evaluations. SmolLM2, 500 word states: 4 chunks, 16% fewer FLOPs (measured on 2 CPU
+    cores: 1.3x faster); Qwen2-0.5B, 2,000 states: 11 chunks, 38% fewer."""
+    I, S, P = sizes.internal, sizes.suffix, sizes.prefix
+    if I < 2 * MIN_CHUNK:
+        return cap
+    n0 = -(-I // cap)                                       # the fewest chunks that fit
+    base = best = n0 * row_flops(shape, suffix=S, prefix=P, internal=-(-I // n0))
+    size = cap
+    for n in range(n0 + 1, I // MIN_CHUNK + 1):
+        c = -(-I // n)
+        cost = n * row_flops(shape, suffix=S, prefix=P, internal=c)
+        if cost < best:
+            best, size = cost, c
+    return size if best <= 0.9 * base else cap
+
+
 @dataclass(frozen=True)
 class Plan:
     """The batch plan of one scoring problem (all figures for the largest target chunk)."""
@@ -211,14 +253,14 @@ class Plan:
 
 
 def plan_batches(shape: ModelShape, sizes: TrieSizes, budget: Budget, *, block_rows: int | None = None,
-                 chunk_internal: list[int] | None = None) -> Plan:
+                 chunk_internal: list[int] | None = None, cap: int | None = None) -> Plan:
     """The plan: target chunks, rows per forward, token positions per forward and predicted
     peak memory, from the model's shape, the trie's sizes and the budget. block_rows: the
     most sources scored in one call (a score job's rows per block). chunk_internal: the
     internal nodes of each target chunk when known (`plan_scoring`), else even chunks of at
     most `max_internal` nodes are assumed. Figures are those of the largest chunk; forwards
-    counts every chunk's."""
-    cap = max_internal(shape, budget, suffix=sizes.suffix, prefix=sizes.prefix)
+    counts every chunk's. cap: the internal nodes per chunk `plan_scoring` settled on."""
+    cap = cap or chunk_size(shape, sizes, cap=max_internal(shape, budget, suffix=sizes.suffix, prefix=sizes.prefix))
     if chunk_internal is None:
         n = -(-sizes.internal // cap)
         chunk_internal = [min(cap, -(-sizes.internal // n))] * n
@@ -245,11 +287,16 @@ def plan_scoring(shape: ModelShape, prompts: list[list[int]], conts: list[list[i
     from dbgpu.scoring.trie import build_trie, target_chunks
 
     sizes = trie_sizes(prompts, conts)
-    cap = max_internal(shape, budget, suffix=sizes.suffix, prefix=sizes.prefix)
+    most = max_internal(shape, budget, suffix=sizes.suffix, prefix=sizes.prefix)
+    cap = chunk_size(shape, sizes, cap=most)
     chunks = target_chunks(conts, max_internal=cap)
+    want = -(-sizes.internal // cap)
+    while len(chunks) > want and cap < most:          # greedy packing left a remainder: widen a little
+        cap = min(most, cap + max(1, cap // 50))
+        chunks = target_chunks(conts, max_internal=cap)
     internal = [sizes.internal] if len(chunks) == 1 else \
         [build_trie([conts[j] for j in c]).n_internal for c in chunks]
-    return plan_batches(shape, sizes, budget, block_rows=block_rows, chunk_internal=internal)
+    return plan_batches(shape, sizes, budget, block_rows=block_rows, chunk_internal=internal, cap=cap)
 
 
 def plan_table(plan: Plan | dict, *, title: str = "") -> str:

@@ -26,7 +26,9 @@ halved on out-of-memory. Results equal the plain scorer
 (`dbgpu.scoring.plain.score_sequences`) to float rounding.
 
 Cost: token positions = the trie lower bound (distinct prompt tokens + N x internal trie
-nodes); attention per row O(Q x K) with Q = suffix + internal nodes, K = prefix + Q;
+nodes) plus the suffix once more per extra target chunk; attention per row O(Q x K) with
+Q = suffix + internal nodes of the chunk, K = prefix + Q (the plan cuts a large trie into
+chunks where that lowers the total, `plan.chunk_size`);
 memory per forward as `plan.memory` predicts: the (Q, K) masks (shared, plus one per row
 when rows are padded), the batch's KV cache, one layer's activations, one chunk of float32
 logits.

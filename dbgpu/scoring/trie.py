@@ -93,10 +93,13 @@ def trie_lower_bound(prompts: list[list[int]], conts: list[list[int]]) -> int:
 
 
 def target_chunks(conts: list[list[int]], *, max_internal: int) -> list[np.ndarray]:
-    """Split continuation indices (in order) into groups whose tries have at most
-    `max_internal` internal nodes (= distinct proper prefixes); usually one group."""
+    """Split continuation indices into groups whose tries have at most `max_internal`
+    internal nodes (= distinct proper prefixes); usually one group. Targets are taken in
+    the order of their token ids, so a group is a run of neighbouring subtrees and shares
+    its prefixes (each index array is in that order; a single group keeps the given order)."""
     chunks, cur, prefixes = [], [], set()
-    for j, c in enumerate(conts):
+    for j in sorted(range(len(conts)), key=lambda j: conts[j]):
+        c = conts[j]
         new = {tuple(c[:k]) for k in range(1, len(c))} - prefixes
         if cur and len(prefixes) + len(new) > max_internal:
             chunks.append(np.array(cur))
@@ -104,5 +107,7 @@ def target_chunks(conts: list[list[int]], *, max_internal: int) -> list[np.ndarr
             new = {tuple(c[:k]) for k in range(1, len(c))}
         cur.append(j)
         prefixes |= new
+    if not chunks:                                    # one group: the targets in their own order
+        return [np.arange(len(conts))]
     chunks.append(np.array(cur))
     return chunks
