@@ -5,8 +5,9 @@ before), alternately in one process, same model, same sources, same targets.
     python benchmarks/bench_chunks.py --n 500 --sources 8 --reps 2      # SmolLM2, CPU
 
 K seeded sources against all N targets (the per-pair cost of a full run: every row is
-scored against every chunk). Prints a table: seconds, pairs/s, chunks, token positions,
-stage seconds, max |dlogT| against the one-chunk run, and the plan's FLOP ratio.
+scored against every chunk; but a full run batches more rows per forward than K sources
+fill, and gains less: see results-chunks-cpu.md). Prints a table: seconds, pairs/s,
+chunks, token positions, forward and head seconds, max |dlogT| against the first run.
 """
 
 from __future__ import annotations
