@@ -215,7 +215,7 @@ def chunk_size(shape: ModelShape, sizes: TrieSizes, *, cap: int) -> int:
     of all chunks (`row_flops`) over even cuts of at least MIN_CHUNK nodes, kept only when it
     saves at least 10% (the estimate leaves out each forward's fixed costs). O(I / MIN_CHUNK)
     evaluations. SmolLM2, 500 word states: 4 chunks, 16% fewer FLOPs (measured on 2 CPU
-    cores: 1.49x on 8 sources, benchmarks/bench_chunks.py; 1.13x in a whole run); Qwen2-0.5B with byte tries, 2,000
+    cores: 1.49x on 8 sources, benchmarks/bench_chunks.py; 1.12x in a whole run); Qwen2-0.5B with byte tries, 2,000
     states: 11 chunks, 38% fewer (not measured on a GPU)."""
     I, S, P = sizes.internal, sizes.suffix, sizes.prefix
     if I < 2 * MIN_CHUNK:
