@@ -147,6 +147,8 @@ def _add_score(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--states", metavar="FILE", help="JSON list, text file (one per line) or score dir")
     src.add_argument("--state-list", metavar="A,B,C", help="comma-separated states")
+    src.add_argument("--n-states", type=int, default=None, metavar="N",
+                     help="the task's first N seed states (as `dbgpu run --n-states N`)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="run under torch.profiler: DIR/trace.json (Chrome/Perfetto trace) and DIR/stages.md "
@@ -172,11 +174,17 @@ def _dry_run(args, task, states) -> int:
 
 
 def _cmd_score(args) -> int:
+    from dbgpu.commands.run import seed_states
     from dbgpu.commands.score import score_job
     from dbgpu.io import parse_state_list, read_states_file
 
     task = _task_from(args)
-    states = read_states_file(args.states) if args.states else parse_state_list(args.state_list)
+    if args.states:
+        states = read_states_file(args.states)
+    elif args.state_list:
+        states = parse_state_list(args.state_list)
+    else:
+        states = seed_states(task, args.n_states)
     if args.dry_run:
         return _dry_run(args, task, states)
     meta = score_job(task=task, states=states, out=args.out, profile=args.profile, **_scoring_kwargs(args))

@@ -156,7 +156,8 @@ MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "dbgpu-manifest-1"
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """The time now, UTC, ISO 8601 to the second: every timestamp dbgpu writes."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
@@ -185,8 +186,8 @@ def begin_outputs(path: str | os.PathLike, command: str, *, invalidates: tuple[s
     out = ensure_out_dir(path)
     m = _read_manifest(out) or {"format": MANIFEST_FORMAT, "outputs": {}}
     for c in invalidates:
-        m["outputs"][c] = {"complete": False, "stale": f"`dbgpu {command}` rewrote its input at {_now()}"}
-    m["outputs"][command] = {"complete": False, "started": _now()}
+        m["outputs"][c] = {"complete": False, "stale": f"`dbgpu {command}` rewrote its input at {utc_now()}"}
+    m["outputs"][command] = {"complete": False, "started": utc_now()}
     write_json_atomic(out / MANIFEST, m)
     return out
 
@@ -200,7 +201,7 @@ def finish_outputs(path: str | os.PathLike, command: str, files: list[str], **ex
     m = _read_manifest(out) or {"format": MANIFEST_FORMAT, "outputs": {}}
     started = m["outputs"].get(command, {}).get("started")
     m["outputs"][command] = {
-        "complete": True, "started": started, "finished": _now(), "dbgpu_version": __version__,
+        "complete": True, "started": started, "finished": utc_now(), "dbgpu_version": __version__,
         "files": {name: {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
                   for name in files},
         **extra,

@@ -14,7 +14,6 @@ trusted and pickled checkpoints are never loaded.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import re
@@ -29,7 +28,7 @@ import torch
 from dbgpu.devices import input_device, resolve_device, resolve_dtype
 from dbgpu.distributed import launched
 from dbgpu.errors import DbgpuError
-from dbgpu.io import dir_mode, file_mode
+from dbgpu.io import dir_mode, file_mode, file_sha256
 
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -231,16 +230,8 @@ def random_model(arch: str, *, seed: int = 0, vocab_size: int | None = None, ove
 # ----------------------------------------------------------------------------- GGUF cache
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def gguf_cache_path(gguf: Path, cache_dir: Path, *, sha256: str | None = None) -> Path:
-    return cache_dir / "dequantized" / f"{gguf.stem}-{(sha256 or _sha256(gguf))[:16]}"
+    return cache_dir / "dequantized" / f"{gguf.stem}-{(sha256 or file_sha256(gguf))[:16]}"
 
 
 def _save_plain(model, tok, path: Path) -> None:
@@ -429,7 +420,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None =
         model = cast_parameters(model, dt)
         info["seed"] = seed
     elif r["kind"] == "gguf":
-        info["gguf_sha256"] = _sha256(Path(r["path"]))
+        info["gguf_sha256"] = file_sha256(r["path"])
         model, tok, from_cache = _load_gguf_dequantized(Path(r["path"]), cache_dir, dtype=dt,
                                                         sha256=info["gguf_sha256"])
         r = {"path": r["path"], "gguf_file": r["gguf_file"]}

@@ -191,3 +191,21 @@ def test_score_on_smollm2_matches_plain_forward(tmp_path, capsys, model_cache, s
             c = tok(prompts["targets"][g], add_special_tokens=False).input_ids
             assert abs(logT[i, j] - reference_logT(smollm2.model, p, c)) < 2e-3
     assert torch.all(torch.logsumexp(torch.from_numpy(logT), 1) <= 0)
+
+
+def test_score_takes_n_states_as_run_does(tmp_path, capsys):
+    from dbgpu.tasks import get_task
+
+    seeds = get_task("word100").seed_states(5)
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli(capsys, "score", "--model", "random:llama", "--task", "word100", "--n-states", 5,
+                   "--out", a, "--quiet")[0] == 0
+    assert json.loads((a / "states.json").read_text()) == seeds
+    assert run_cli(capsys, "score", "--model", "random:llama", "--task", "word100", "--state-list", ",".join(seeds),
+                   "--out", b, "--quiet")[0] == 0
+    # the same states scored the same way: equal to float rounding (1e-9 nats on sums of ~-30)
+    np.testing.assert_allclose(np.load(a / "logT.npy"), np.load(b / "logT.npy"), rtol=0, atol=1e-9)
+    code, _, err = run_cli(capsys, "score", "--model", "random:llama", "--task", "word100", "--n-states", 1,
+                           "--out", tmp_path / "c", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "--n-states must be at least 2" in err
+    assert not (tmp_path / "c").exists()

@@ -30,8 +30,6 @@ def test_claude_word_case(tmp_path, capsys):
     assert list(V) == ["BUZZY", "ATTITUDE", "TURKEY", "PERSONAL", "PROBLEMS"]
     assert V["PERSONAL"] - V["ATTITUDE"] == pytest.approx(math.log(3879 / 66), abs=1e-8)   # 4.07
     assert V["PROBLEMS"] - V["ATTITUDE"] == pytest.approx(math.log(3558 / 20), abs=1e-8)   # 5.18
-    assert round(V["PERSONAL"] - V["ATTITUDE"], 2) == 4.07
-    assert round(V["PROBLEMS"] - V["ATTITUDE"], 2) == 5.18
     assert V["TURKEY"] is None and V["BUZZY"] is None
     assert V["ATTITUDE"] + V["PERSONAL"] + V["PROBLEMS"] == pytest.approx(0, abs=1e-12)
     st = json.loads((tmp_path / "fit" / "stats.json").read_text())

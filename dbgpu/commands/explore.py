@@ -8,7 +8,6 @@ runs the steps, and records each call in explore.json with its summary.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import sys
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ from dbgpu.errors import DbgpuError, check_temperature
 from dbgpu.explore import (DEFAULT_BATCH, DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, LOG_NAME, PROTOCOLS,
                            SETTINGS_NAME, Frontier, Step, append_records, check_same_settings, check_start,
                            model_answerer, read_settings, repair_log, run_settings, run_steps, scan_log)
-from dbgpu.io import check_out_dir, locked_dir, write_json_atomic
+from dbgpu.io import check_out_dir, locked_dir, utc_now, write_json_atomic
 from dbgpu.tasks import Task
 
 
@@ -94,10 +93,6 @@ def check_options(*, steps: int, batch: int, protocol: str, temperature: float, 
         raise DbgpuError(f"--seed must be non-negative, got {seed}")
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _check_run(out: Path, settings: dict, *, batch: int):
     """(explore.json's document or None, the log's scan) of a run directory, checked
     against this call's settings."""
@@ -115,12 +110,12 @@ def _open_run(out: Path, settings: dict, scan, doc: dict | None) -> dict:
         print(f"dbgpu explore: repaired {log}: cut {repair_log(log, scan)}; "
               f"running step {scan.next_step} again", file=sys.stderr)
     if doc is None:
-        doc = {"settings": settings, "created": _now(), "calls": []}
+        doc = {"settings": settings, "created": utc_now(), "calls": []}
         write_json_atomic(out / SETTINGS_NAME, doc)
     return doc
 
 
-def _run(task: Task, frontier: Frontier, answer, *, log: Path, protocol: str, seed: int, steps: range,
+def _explore_steps(task: Task, frontier: Frontier, answer, *, log: Path, protocol: str, seed: int, steps: range,
          batch: int, call: dict, tally: Tally, progress: bool) -> None:
     """The steps, each appended to the log (one write + fsync per step) as it ends; `call`
     and `tally` count what was done, also when interrupted."""
@@ -182,13 +177,13 @@ def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol
         frontier.absorb(scan.records)
         first = scan.next_step
         call = {"first_step": first, "steps": 0, "device": str(lm.device),
-                "dtype": str(lm.dtype).removeprefix("torch."), "started": _now(),
+                "dtype": str(lm.dtype).removeprefix("torch."), "started": utc_now(),
                 "provenance": environment(lm.device), "model_record": model_record(lm),
                 "chat_template_date": TEMPLATE_DATE.isoformat()}
         answer = model_answerer(lm, task, temperature=temperature, max_new_tokens=max_new_tokens)
         tally = Tally(invalid_state=task.invalid_state)
         try:
-            _run(task, frontier, answer, log=out / LOG_NAME, protocol=protocol, seed=seed,
+            _explore_steps(task, frontier, answer, log=out / LOG_NAME, protocol=protocol, seed=seed,
                  steps=range(first, first + steps), batch=batch, call=call, tally=tally, progress=progress)
         except BaseException:
             with contextlib.suppress(DbgpuError):   # the first error is the one to report

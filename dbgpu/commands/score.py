@@ -20,8 +20,6 @@ stage, tokens/s); each stage ends with a CUDA synchronize so its time is the dev
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import hashlib
 import json
 import os
 import sys
@@ -31,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from dbgpu.errors import DbgpuError, check_positive, check_temperature
-from dbgpu.io import check_out_dir, locked_dir, read_json, write_json_atomic
+from dbgpu.io import check_out_dir, locked_dir, read_json, utc_now, write_json_atomic
+from dbgpu.provenance import sha256_text
 from dbgpu.tasks import Task
 
 #: the files a score directory holds (what `overwrite` clears)
@@ -116,10 +115,6 @@ def plan_job(*, model: str, task: Task, states: list[str], method: str = "tree",
     return {"model": model, "resolved": resolved, "dtype": dt, "n_states": len(states), "plan": plan}
 
 
-def _sha256(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()
-
-
 #: binding settings an older dbgpu did not record, as it behaved
 SETTING_DEFAULTS = {"surface_forms": "canonical"}
 
@@ -130,7 +125,7 @@ def job_settings(*, model: str, task: Task, states: list[str], temperature: floa
     from dbgpu.tasks import task_spec, template_sha256
 
     return {"model": model, "task": task_spec(task), "template_sha256": template_sha256(task),
-            "answer_prefix": task.answer_prefix, "states_sha256": _sha256(states), "n_states": len(states),
+            "answer_prefix": task.answer_prefix, "states_sha256": sha256_text(json.dumps(states, ensure_ascii=False, sort_keys=True)), "n_states": len(states),
             "temperature": temperature, "method": method, "device_type": device_type, "dtype": dtype,
             "rows_per_block": rows_per_block, "surface_forms": surface_forms}
 
@@ -252,7 +247,7 @@ def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, se
     call = len(job["calls"]) if job else 0
     if ranks.main:
         job = job or {"settings": settings, "prompts_sha256": prompts_sha, "n_blocks": len(blocks), "calls": []}
-        job["calls"].append({"call": call, "started": _now(), "world": ranks.world, "device": str(lm.device)})
+        job["calls"].append({"call": call, "started": utc_now(), "world": ranks.world, "device": str(lm.device)})
         write_json_atomic(out / shards.JOB, job)
     dd.barrier(ranks)
     done, damaged = shards.read_shards(out, blocks, len(states))
@@ -355,10 +350,6 @@ def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, tem
     return meta
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def _meta(*, lm, task: Task, states: list[str], template_path, temperature: float, method: str,
           stats: dict, job: dict) -> dict:
     """meta.json: what was scored, with what, how fast, and the reproducibility record."""
@@ -391,5 +382,5 @@ def _meta(*, lm, task: Task, states: list[str], template_path, temperature: floa
         "chat_template_date": TEMPLATE_DATE.isoformat(),
         "versions": env["versions"],
         "provenance": env,
-        "created": _now(),
+        "created": utc_now(),
     }

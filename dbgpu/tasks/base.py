@@ -93,17 +93,58 @@ def after_prefix(answer_prefix: str, text: str) -> str:
     return f" {text}" if answer_prefix and not answer_prefix[-1].isspace() else text
 
 
+def _is_jinja(template: str) -> bool:
+    return "{{" in template or "{%" in template or "{#" in template
+
+
+def _sandbox():
+    """jinja2's immutable sandbox (what transformers renders chat templates in): no
+    attribute that starts with an underscore, no mutating methods, no `str.format` walks;
+    a refused access raises jinja2's SecurityError when the template uses it."""
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
 def fill_template(template: str, state: str, **fields: str) -> str:
     """Put `state` (and any other named fields, e.g. a score) into a user prompt template:
-    Jinja (`{{ state }}`) or plain `{state}` / `{name}`."""
-    if "{{" in template or "{%" in template:
+    Jinja (`{{ state }}`, rendered in jinja2's sandbox) or plain `{state}` / `{name}`.
+    A template the sandbox refuses, or one that does not render, is a one-line DbgpuError."""
+    if _is_jinja(template):
         import jinja2
+        from dbgpu.errors import DbgpuError
 
-        env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-        return env.from_string(template).render(state=state, **fields)
+        try:
+            return _sandbox().from_string(template).render(state=state, **fields)
+        except jinja2.exceptions.SecurityError as e:
+            raise DbgpuError(f"prompt template refused by jinja2's sandbox: {e}") from None
+        except jinja2.exceptions.TemplateError as e:
+            raise DbgpuError(f"prompt template does not render: {type(e).__name__}: {e}") from None
     for name, value in fields.items():
         template = template.replace("{" + name + "}", value)
     return template.replace("{state}", state)
+
+
+def check_template(template: str, *, source: str) -> str:
+    """`template` itself once jinja2's sandbox has parsed it and rendered it with a probe
+    value in every name it uses (the state and any field a task adds); a template it refuses or
+    cannot parse is a one-line DbgpuError naming `source`. Plain `{state}` templates pass."""
+    if not _is_jinja(template):
+        return template
+    import jinja2
+    import jinja2.meta
+    from dbgpu.errors import DbgpuError
+
+    try:
+        env = _sandbox()
+        names = jinja2.meta.find_undeclared_variables(env.parse(template)) - set(env.globals)
+        env.from_string(template).render({name: "PROBE" for name in names})
+    except jinja2.exceptions.SecurityError as e:
+        raise DbgpuError(f"template {source}: refused by jinja2's sandbox ({e})") from None
+    except jinja2.exceptions.TemplateError as e:
+        raise DbgpuError(f"template {source}: {type(e).__name__}: {e}") from None
+    return template
 
 
 def surface_forms(task, g: str) -> list[str]:

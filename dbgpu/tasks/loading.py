@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from dbgpu.errors import DbgpuError
-from dbgpu.tasks.base import Task, check_task
+from dbgpu.tasks.base import Task, check_task, check_template
 from dbgpu.tasks.formula import Formula
 from dbgpu.tasks.word100 import Word100
 
@@ -125,10 +125,11 @@ def read_template(path: str | Path | None, *, task: Task | str | None = None) ->
     if task is not None:
         templates = task_templates(task)
         if str(path) in templates:
-            return templates[str(path)]
+            return check_template(templates[str(path)], source=f"{path!r} of the task")
     try:
-        return Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DbgpuError(f"template file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DbgpuError(f"cannot read template file {path}: {e}") from None
+    return check_template(text, source=str(path))

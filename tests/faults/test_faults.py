@@ -65,9 +65,30 @@ def wait_for_growth(out: Path, proc: subprocess.Popen, *, beyond: int, timeout: 
     return False
 
 
-def finish(out: Path) -> subprocess.CompletedProcess:
-    """Resume until STEPS steps are on disk."""
-    r = run(explore_args(out, STEPS - complete_steps(out)))
+def logged_lines(out: Path) -> int:
+    log = out / LOG_NAME
+    return log.read_bytes().count(b"\n") if log.exists() else 0
+
+
+def stop_after_lines(out: Path, proc: subprocess.Popen, lines: int, *, timeout: float = 300) -> bool:
+    """SIGSTOP `proc` once its log holds at least `lines` lines: a point in the run fixed by
+    its progress, whatever the machine's speed. False if the process ended first (an
+    outcome, not an error: the caller counts it)."""
+    t0 = time.monotonic()
+    while proc.poll() is None and time.monotonic() - t0 < timeout:
+        if logged_lines(out) >= lines:
+            proc.send_signal(signal.SIGSTOP)
+            return proc.poll() is None
+        time.sleep(0.001)
+    return False
+
+
+def finish(out: Path) -> subprocess.CompletedProcess | None:
+    """Resume until STEPS steps are on disk (nothing to do when a run already got there)."""
+    left = STEPS - complete_steps(out)
+    if left == 0:
+        return None
+    r = run(explore_args(out, left))
     assert r.returncode == 0, r.stderr
     return r
 
@@ -94,8 +115,13 @@ def reference(tmp_path_factory) -> bytes:
 def test_a_second_writer_is_refused_and_nothing_is_counted_twice(tmp_path, reference):
     out = tmp_path / "run"
     first = start(explore_args(out, STEPS))
-    assert wait_for_growth(out, first, beyond=0), first.communicate()
-    second = run(explore_args(out, STEPS))
+    # the first writer is held (SIGSTOP) mid-run while the second tries: a stopped process
+    # keeps its lock, so the refusal does not depend on which of the two is quicker
+    assert stop_after_lines(out, first, 5 * BATCH), first.communicate()
+    try:
+        second = run(explore_args(out, STEPS))
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert first.wait(timeout=300) == 0, first.stderr.read()
     assert second.returncode == 2
     line = one_line(second.stderr)
@@ -130,18 +156,23 @@ def test_the_lock_dies_with_its_process(tmp_path):
 
 @pytest.mark.slow
 def test_twenty_kills_at_random_points_then_resume_gives_the_uninterrupted_log(tmp_path, reference):
+    """Kill -9 at 20 seeded points of the run's progress (a number of steps into each call,
+    plus a seeded fraction of a step): each kill stops the process first (SIGSTOP) so it
+    lands at that point whatever the machine's speed. A call that ends before its kill
+    point is an outcome that counts (nothing to kill), never an error."""
     out = tmp_path / "run"
     rng = random.Random(20261125)
     landed = 0
-    for _ in range(20):
+    for i in range(20):
         done = complete_steps(out) if out.exists() else 0
-        if done == STEPS:
+        room = STEPS - done - 2                   # leave the last steps to the resume
+        if room < 1:
             break
-        size = (out / LOG_NAME).stat().st_size if (out / LOG_NAME).exists() else 0
+        ahead = rng.randint(1, max(1, 2 * room // (20 - i)))   # spread the kills over the run
+        extra = rng.randint(0, BATCH - 1)         # some kills land between a step's lines
         proc = start(explore_args(out, STEPS - done))
-        if wait_for_growth(out, proc, beyond=size):
-            time.sleep(rng.uniform(0.0, 0.25))
-            landed += proc.poll() is None
+        if stop_after_lines(out, proc, (done + min(ahead, room)) * BATCH + extra):
+            landed += 1
         proc.kill()
         proc.wait()
         scan = scan_log(out / LOG_NAME, batch=BATCH)               # parses: at most a cut tail
@@ -155,14 +186,14 @@ def test_twenty_kills_at_random_points_then_resume_gives_the_uninterrupted_log(t
 def test_sigterm_is_one_line_exit_143_and_the_log_ends_at_a_whole_step(tmp_path, reference):
     out = tmp_path / "run"
     proc = start(explore_args(out, STEPS))
-    assert wait_for_growth(out, proc, beyond=0)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
+    assert stop_after_lines(out, proc, 30 * BATCH + 1), proc.communicate()   # mid-step 30, held
+    proc.send_signal(signal.SIGTERM)                # delivered once it runs again
+    proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143
     assert one_line(err) == "dbgpu explore: terminated"
     scan = scan_log(out / LOG_NAME, batch=BATCH)
-    assert not scan.needs_repair and 0 < scan.next_step < STEPS
+    assert not scan.needs_repair and 30 <= scan.next_step < STEPS
     call = json.loads((out / SETTINGS_NAME).read_text())["calls"][-1]
     assert call["steps"] == scan.next_step and call["summary"]["answers"] == scan.next_step * BATCH
     finish(out)
