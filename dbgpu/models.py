@@ -21,6 +21,7 @@ import re
 import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -414,13 +415,45 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None =
     than one device; see `dispatch`): a checkpoint directory or hub id is loaded straight
     onto its devices by transformers, other models are loaded on the CPU and dispatched;
     `device` is then ignored and LM.device is where the inputs go."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     check_device_map(device_map)
     dev = resolve_device("auto" if device_map is not None else device)
     dt = resolve_dtype(dtype, dev)
     r = resolve_model(name, cache_dir=cache_dir)
+    with quiet_loading():
+        return _load(name, r, dev=dev, dt=dt, cache_dir=cache_dir, seed=seed, device_map=device_map,
+                     max_memory=max_memory, offload_dir=offload_dir)
+
+
+@contextmanager
+def quiet_loading():
+    """transformers' own progress bars ("Loading weights", "Writing model shards") off while
+    dbgpu loads a model, so that dbgpu's bars are the only ones in its output; warnings and
+    the hub's download bars are left alone. Scoped: the previous tqdm hook (or the
+    enabled/disabled state, on a transformers without hooks) is restored on exit."""
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    if set_hook is not None:
+        previous = set_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+        try:
+            yield
+        finally:
+            set_hook(previous)
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load(name: str, r: dict, *, dev, dt, cache_dir: Path, seed: int, device_map, max_memory, offload_dir) -> LM:
+    """load_model's work once the name, device and dtype are resolved."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     t0 = time.perf_counter()
     from_cache = False
     info = {}

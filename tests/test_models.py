@@ -146,3 +146,29 @@ def test_revision_is_read_from_the_config_or_the_hub_cache_path(tiny_lms):
     commit = "0123456789abcdef0123456789abcdef01234567"
     assert _revision(model, f"/home/u/.cache/huggingface/hub/models--org--m/snapshots/{commit}") == commit
     assert _revision(model, "/data/my-model") is None
+
+
+def test_loading_shows_dbgpu_progress_only(tmp_path, tiny_lms, capfd):
+    """transformers' "Loading weights" bar is silenced while dbgpu loads a model (load_model
+    and `dbgpu score`), dbgpu's own progress line is kept, and the silencing ends with the
+    call: transformers alone, before and after, still draws its bar."""
+    from transformers import AutoModelForCausalLM
+
+    from dbgpu.cli import main
+
+    lm = tiny_lms("llama")
+    ckpt = tmp_path / "ckpt"
+    lm.model.save_pretrained(ckpt, safe_serialization=True)
+    lm.tokenizer.save_pretrained(ckpt)
+    capfd.readouterr()
+    AutoModelForCausalLM.from_pretrained(ckpt)             # the bar this test looks for exists
+    assert "Loading weights" in capfd.readouterr().err
+    load_model(str(ckpt), device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err
+    rc = main(["score", "--model", str(ckpt), "--task", "word100", "--state-list", "ATTITUDE,PERSONAL",
+               "--out", str(tmp_path / "s"), "--device", "cpu"])
+    err = capfd.readouterr().err
+    assert rc == 0 and "Loading weights" not in err
+    assert "scoring: block 1/1 written" in err             # dbgpu's own progress still shown
+    AutoModelForCausalLM.from_pretrained(ckpt)             # no global side effect outlives the call
+    assert "Loading weights" in capfd.readouterr().err
