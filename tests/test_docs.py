@@ -204,7 +204,7 @@ def test_every_dbgpu_command_in_the_docs_parses():
         counts[path.name] = n
     assert not problems, "shell blocks that the CLI does not parse:\n" + "\n".join(problems)
     assert counts["README.md"] >= 6, counts                  # the quickstart: run, score, fit, report, compare, ...
-    assert sum(counts.values()) >= 30, counts                # the docs' examples are read, not skipped
+    assert sum(counts.values()) >= 20, counts                # the docs' examples are read, not skipped
 
 
 def test_the_block_check_catches_renamed_options_and_reads_launch_lines():
@@ -243,27 +243,62 @@ def test_the_block_check_catches_renamed_options_and_reads_launch_lines():
     assert "--modle" in problems[0] and "--batch" in problems[1] and "--rejekt" in problems[2]
 
 
+#: pages other branches add; links to them may wait for the merge
+PENDING = {"temperature.md", "discover.md", "attention.md", "msm.md"}
+LINK = re.compile(r"\]\(([^)#\s]*)(?:#([^)\s]*))?\)")
+
+
+def anchors(md: str) -> set[str]:
+    """GitHub's heading anchors of a Markdown text (lower case, punctuation dropped,
+    spaces to hyphens), outside code blocks."""
+    text = FENCE.sub("", md)
+    out = set()
+    for h in re.findall(r"^#{1,6} +(.+?) *#*$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        out.add(slug)
+    return out
+
+
+def broken_links(path: Path) -> list[str]:
+    """Relative links of a Markdown file whose file, or whose #anchor in a Markdown file, is missing."""
+    bad = []
+    for target, anchor in LINK.findall(FENCE.sub("", path.read_text(encoding="utf-8"))):
+        if re.match(r"^[a-z]+:", target) or Path(target).name in PENDING:
+            continue
+        dest = (path.parent / target) if target else path
+        if not dest.exists():
+            bad.append(f"{target} (no such file)")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest.read_text(encoding="utf-8")):
+            bad.append(f"{target}#{anchor} (no such heading)")
+    return bad
+
+
 @pytest.mark.parametrize("page", ["index", "cli", "outputs", "tasks", "scoring", "analysis", "gpu",
                                   "benchmarks", "reliability"])
-def test_the_docs_pages_exist_and_their_links_resolve(page):
-    """Every page the README promises exists; its relative links to files in the
-    repository resolve (links to the pages other branches add are allowed to wait)."""
-    pending = {"temperature.md", "discover.md", "attention.md", "msm.md"}
-    path = ROOT / "docs" / f"{page}.md"
-    assert path.is_file()
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
-        if re.match(r"^[a-z]+:", target):
-            continue
-        if Path(target).name in pending:
-            continue
-        assert (path.parent / target).exists(), f"docs/{page}.md links to missing {target}"
+def test_the_docs_pages_exist(page):
+    assert (ROOT / "docs" / f"{page}.md").is_file()
+
+
+def test_links_in_the_readme_and_docs_resolve():
+    """Every relative link to a file, and every #anchor into a Markdown page, exists (links
+    to the pages other branches add are allowed to wait)."""
+    bad = {str(p.relative_to(ROOT)): broken_links(p) for p in DOCS}
+    assert not any(bad.values()), {k: v for k, v in bad.items() if v}
+
+
+def test_the_link_check_catches_a_renamed_heading(tmp_path):
+    (tmp_path / "a.md").write_text("# Title\n\n## Batch plan (`--dry-run`)\n\n```sh\n# not a heading\n```\n")
+    (tmp_path / "b.md").write_text("[ok](a.md#batch-plan---dry-run) [gone](a.md#batch-plan) "
+                                   "[code](a.md#not-a-heading) [file](c.md) [self](#title)\n# Title\n")
+    assert broken_links(tmp_path / "b.md") == ["a.md#batch-plan (no such heading)",
+                                               "a.md#not-a-heading (no such heading)", "c.md (no such file)"]
 
 
 def test_the_readme_is_a_front_page():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 200
     assert "make run" in text and "make test" in text and "## Python API" in text
-    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
-        if not re.match(r"^[a-z]+:", target) and Path(target).name not in {"temperature.md", "discover.md",
-                                                                             "attention.md", "msm.md"}:
-            assert (ROOT / target).exists(), f"README.md links to missing {target}"
+    # within two links of the README: writing a plugin, stats.json's fields, several GPUs
+    assert "docs/tasks.md" in text and "## Writing a task plugin" in (ROOT / "docs" / "tasks.md").read_text()
+    assert "docs/outputs.md#statsjson-field-by-field" in text
+    assert "docs/gpu.md" in text and "torchrun" in (ROOT / "docs" / "gpu.md").read_text()
