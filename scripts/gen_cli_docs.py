@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "cli.md"
-#: the usage lines are wrapped at this width whatever the terminal
+#: the usage lines are wrapped at this width (by this script, not by argparse or the terminal)
 WIDTH = 96
 COMMAND = "python scripts/gen_cli_docs.py"
 
@@ -26,13 +26,38 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _formatter(prog: str) -> argparse.HelpFormatter:
-    return argparse.HelpFormatter(prog, width=WIDTH, max_help_position=40)
+def _one(action: argparse.Action) -> str:
+    if not action.option_strings:
+        return str(action.metavar or action.dest.upper())
+    arg = _argument(action)
+    return action.option_strings[0] + (f" {arg}" if arg else "")
 
 
-def _usage(parser: argparse.ArgumentParser) -> str:
-    parser.formatter_class = _formatter
-    return parser.format_usage().strip()
+def _usage(prog: str, parser: argparse.ArgumentParser) -> str:
+    """The usage line, built here rather than by argparse (whose layout differs between
+    Python versions): positionals, then options in parser order, optional ones in [ ],
+    mutually exclusive ones joined by |; wrapped at WIDTH between items."""
+    group_of = {id(a): g for g in parser._mutually_exclusive_groups for a in g._group_actions}
+    actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+    items, done = [], set()
+    for a in [a for a in actions if not a.option_strings] + [a for a in actions if a.option_strings]:
+        if id(a) in done:
+            continue
+        g = group_of.get(id(a))
+        if g is not None:
+            done |= {id(x) for x in g._group_actions}
+            inner = " | ".join(_one(x) for x in g._group_actions)
+            items.append(f"({inner})" if g.required else f"[{inner}]")
+        else:
+            items.append(_one(a) if a.required or not a.option_strings else f"[{_one(a)}]")
+    head = f"usage: {prog}"
+    lines, cur = [], head
+    for item in items:
+        if len(cur) + 1 + len(item) > WIDTH and cur.strip() != head:
+            lines.append(cur)
+            cur = " " * len(head)
+        cur += " " + item
+    return "\n".join(lines + [cur])
 
 
 def _argument(action: argparse.Action) -> str:
@@ -75,7 +100,7 @@ def _options_table(parser: argparse.ArgumentParser) -> list[str]:
                  "optional arguments": "options"}.get(group.title, group.title)
         lines += ["", f"{title}:", "", "| option | argument | default | what |", "|---|---|---|---|"]
         for a in actions:
-            name = ", ".join(f"`{o}`" for o in a.option_strings) or f"`{a.metavar or a.dest}`"
+            name = ", ".join(f"`{o}`" for o in a.option_strings) or f"`{_one(a)}`"
             arg = _argument(a) if a.option_strings else ""
             text = a.help or ""
             if id(a) in notes:
@@ -113,7 +138,7 @@ def render() -> str:
         lines += ["", f"## dbgpu {name}", "", summary]
         if p.description:
             lines += ["", p.description]
-        lines += ["", "```text", _usage(p), "```"]
+        lines += ["", "```text", _usage(f"dbgpu {name}", p), "```"]
         lines += _options_table(p)
     return "\n".join(lines).rstrip() + "\n"
 

