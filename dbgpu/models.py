@@ -19,6 +19,7 @@ import importlib.util
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -279,9 +280,12 @@ def _load_gguf_dequantized(gguf: Path, cache_dir: Path, *, dtype: torch.dtype, s
         except (OSError, ValueError) as e:  # a damaged cache entry: rebuild it
             print(f"dbgpu: warning: ignoring damaged model cache {cached}: {e}")
             shutil.rmtree(cached, ignore_errors=True)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False)
+    print(f"dbgpu: dequantising {gguf.name} (once: later loads read the cache in {cached.parent})",
+          file=sys.stderr, flush=True)
+    with _gguf_bar_off():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
@@ -428,7 +432,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None =
 @contextmanager
 def quiet_loading():
     """transformers' own progress bars ("Loading weights", "Writing model shards") off while
-    dbgpu loads a model, so that dbgpu's bars are the only ones in its output; warnings and
+    dbgpu loads a model (the GGUF reader's bare tqdm: `_gguf_bar_off`), so that dbgpu's bars are the only ones in its output; warnings and
     the hub's download bars are left alone. Scoped: the previous tqdm hook (or the
     enabled/disabled state, on a transformers without hooks) is restored on exit."""
     from transformers.utils import logging as hf_logging
@@ -448,6 +452,29 @@ def quiet_loading():
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _gguf_bar_off():
+    """transformers' GGUF reader draws its own bare tqdm bar ("Converting and de-quantizing
+    GGUF tensors"), which no transformers switch turns off: for the duration of the call its
+    module's `tqdm` is a disabled one; restored on exit."""
+    import functools
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # another transformers layout: its bar stays
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def _load(name: str, r: dict, *, dev, dt, cache_dir: Path, seed: int, device_map, max_memory, offload_dir) -> LM:
