@@ -432,9 +432,10 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None =
 @contextmanager
 def quiet_loading():
     """transformers' own progress bars ("Loading weights", "Writing model shards") off while
-    dbgpu loads a model (the GGUF reader's bare tqdm: `_gguf_bar_off`), so that dbgpu's bars are the only ones in its output; warnings and
-    the hub's download bars are left alone. Scoped: the previous tqdm hook (or the
-    enabled/disabled state, on a transformers without hooks) is restored on exit."""
+    dbgpu loads a model (the GGUF reader's bare tqdm: `_gguf_bar_off`), so that dbgpu's
+    bars are the only ones in its output; warnings and the hub's download bars are left
+    alone. Scoped: the previous tqdm hook (or the enabled/disabled state, on a transformers
+    without hooks) is restored on exit."""
     from transformers.utils import logging as hf_logging
 
     set_hook = getattr(hf_logging, "set_tqdm_hook", None)
