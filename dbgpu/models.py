@@ -542,8 +542,9 @@ def model_config(name: str = DEFAULT_MODEL, *, cache_dir: str | Path | None = No
         cached = gguf_cache_path(gguf, cache_dir)
         where, extra = (cached, {}) if (cached / "config.json").is_file() else (gguf.parent, {"gguf_file": gguf.name})
     try:
-        config = AutoConfig.from_pretrained(where, trust_remote_code=False, **extra)
-        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **extra)
+        with quiet_loading(), _gguf_bar_off():
+            config = AutoConfig.from_pretrained(where, trust_remote_code=False, **extra)
+            tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **extra)
     except (OSError, ValueError) as e:
         raise DbgpuError(f"cannot read the config of model {name}: {str(e).splitlines()[0]}") from None
     if tok.pad_token_id is None:
