@@ -18,8 +18,10 @@ import importlib.util
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,9 +271,12 @@ def _load_gguf_dequantized(gguf: Path, cache_dir: Path, *, dtype: torch.dtype, s
         except (OSError, ValueError) as e:  # a damaged cache entry: rebuild it
             print(f"dbgpu: warning: ignoring damaged model cache {cached}: {e}")
             shutil.rmtree(cached, ignore_errors=True)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False)
+    print(f"dbgpu: dequantising {gguf.name} (once: later loads read the cache in {cached.parent})",
+          file=sys.stderr, flush=True)
+    with _gguf_bar_off():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
@@ -405,13 +410,69 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None =
     than one device; see `dispatch`): a checkpoint directory or hub id is loaded straight
     onto its devices by transformers, other models are loaded on the CPU and dispatched;
     `device` is then ignored and LM.device is where the inputs go."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     check_device_map(device_map)
     dev = resolve_device("auto" if device_map is not None else device)
     dt = resolve_dtype(dtype, dev)
     r = resolve_model(name, cache_dir=cache_dir)
+    with quiet_loading():
+        return _load(name, r, dev=dev, dt=dt, cache_dir=cache_dir, seed=seed, device_map=device_map,
+                     max_memory=max_memory, offload_dir=offload_dir)
+
+
+@contextmanager
+def quiet_loading():
+    """transformers' own progress bars ("Loading weights", "Writing model shards") off while
+    dbgpu loads a model (the GGUF reader's bare tqdm: `_gguf_bar_off`), so that dbgpu's
+    bars are the only ones in its output; warnings and the hub's download bars are left
+    alone. Scoped: the previous tqdm hook (or the enabled/disabled state, on a transformers
+    without hooks) is restored on exit."""
+    from transformers.utils import logging as hf_logging
+
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    if set_hook is not None:
+        previous = set_hook(lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+        try:
+            yield
+        finally:
+            set_hook(previous)
+        return
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _gguf_bar_off():
+    """transformers' GGUF reader draws its own bare tqdm bar ("Converting and de-quantizing
+    GGUF tensors"), which no transformers switch turns off: for the duration of the call its
+    module's `tqdm` is a disabled one; restored on exit."""
+    import functools
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # another transformers layout: its bar stays
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
+def _load(name: str, r: dict, *, dev, dt, cache_dir: Path, seed: int, device_map, max_memory, offload_dir) -> LM:
+    """load_model's work once the name, device and dtype are resolved."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     t0 = time.perf_counter()
     from_cache = False
     info = {}
@@ -472,8 +533,9 @@ def model_config(name: str = DEFAULT_MODEL, *, cache_dir: str | Path | None = No
         cached = gguf_cache_path(gguf, cache_dir)
         where, extra = (cached, {}) if (cached / "config.json").is_file() else (gguf.parent, {"gguf_file": gguf.name})
     try:
-        config = AutoConfig.from_pretrained(where, trust_remote_code=False, **extra)
-        tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **extra)
+        with quiet_loading(), _gguf_bar_off():
+            config = AutoConfig.from_pretrained(where, trust_remote_code=False, **extra)
+            tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **extra)
     except (OSError, ValueError) as e:
         raise DbgpuError(f"cannot read the config of model {name}: {str(e).splitlines()[0]}") from None
     if tok.pad_token_id is None:

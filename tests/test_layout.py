@@ -1,7 +1,7 @@
 """The package's architecture, checked: the folder listing is the data flow.
 
 Every import of a dbgpu module (at module level or inside a function) must point DOWN
-the layer list below, which is the README's layout section read bottom-up; so the
+the layer list below, which is docs/layout.md read bottom-up; so the
 import graph has no cycle. The analysis stages never import transformers.
 """
 

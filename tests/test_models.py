@@ -119,9 +119,15 @@ def test_local_directory_loads_in_bf16_with_float32_rotary_buffers(tmp_path, tin
 
 
 @pytest.mark.slow
-def test_smollm2_gguf_cold_then_cached(model_cache):
+def test_smollm2_gguf_cold_then_cached(model_cache, capfd):
+    capfd.readouterr()
     cold = load_model("smollm2-135m", device="cpu", cache_dir=model_cache / "fresh")
+    err = capfd.readouterr().err                     # dbgpu's one line, none of transformers' bars
+    assert "dbgpu: dequantising SmolLM2-135M-Instruct.Q4_1.gguf" in err
+    assert "de-quantizing" not in err and "Loading weights" not in err and "%|" not in err, err[-2000:]
     warm = load_model("smollm2-135m", device="cpu", cache_dir=model_cache / "fresh")
+    err = capfd.readouterr().err
+    assert "dequantising" not in err and "%|" not in err, err[-2000:]
     assert not cold.from_cache and warm.from_cache
     assert cold.resolved["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
     entry = gguf_cache_path(__import__("pathlib").Path(cold.resolved["path"]), model_cache / "fresh")
@@ -146,3 +152,49 @@ def test_revision_is_read_from_the_config_or_the_hub_cache_path(tiny_lms):
     commit = "0123456789abcdef0123456789abcdef01234567"
     assert _revision(model, f"/home/u/.cache/huggingface/hub/models--org--m/snapshots/{commit}") == commit
     assert _revision(model, "/data/my-model") is None
+
+
+def test_loading_shows_dbgpu_progress_only(tmp_path, tiny_lms, capfd):
+    """transformers' "Loading weights" bar is silenced while dbgpu loads a model (load_model
+    and `dbgpu score`), dbgpu's own progress line is kept, and the silencing ends with the
+    call: transformers alone, before and after, still draws its bar."""
+    from transformers import AutoModelForCausalLM
+
+    from dbgpu.cli import main
+
+    lm = tiny_lms("llama")
+    ckpt = tmp_path / "ckpt"
+    lm.model.save_pretrained(ckpt, safe_serialization=True)
+    lm.tokenizer.save_pretrained(ckpt)
+    capfd.readouterr()
+    AutoModelForCausalLM.from_pretrained(ckpt)             # the bar this test looks for exists
+    assert "Loading weights" in capfd.readouterr().err
+    load_model(str(ckpt), device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err
+    rc = main(["score", "--model", str(ckpt), "--task", "word100", "--state-list", "ATTITUDE,PERSONAL",
+               "--out", str(tmp_path / "s"), "--device", "cpu"])
+    err = capfd.readouterr().err
+    assert rc == 0 and "Loading weights" not in err
+    assert "scoring: block 1/1 written" in err             # dbgpu's own progress still shown
+    AutoModelForCausalLM.from_pretrained(ckpt)             # no global side effect outlives the call
+    assert "Loading weights" in capfd.readouterr().err
+
+
+def test_the_gguf_readers_bar_is_off_only_inside_the_call(capfd):
+    """transformers' GGUF reader uses a bare tqdm that no transformers switch reaches: dbgpu
+    disables it for the call and restores it after."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from dbgpu.models import _gguf_bar_off
+
+    before = gguf_utils.tqdm
+    capfd.readouterr()
+    with _gguf_bar_off():
+        for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    assert "de-quantizing" not in capfd.readouterr().err
+    assert gguf_utils.tqdm is before
+    for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+        pass
+    assert "de-quantizing" in capfd.readouterr().err         # the check above could fail
+

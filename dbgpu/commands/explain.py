@@ -53,9 +53,9 @@ def state_features(task, potential: dict) -> tuple[list[str], list[float], list[
     return states, V, rows
 
 
-def plot_explain(doc: dict, out: Path) -> None:
+def plot_explain(doc: dict, out: Path, *, source: str | None = None) -> None:
     """explain.{png,pdf}: coefficients (OLS and ridge, ± 1 se), and out-of-fold predicted V
-    against fitted V."""
+    against fitted V; `source` (the model and task, `report.report_source`) under the title."""
     from dbgpu.report import new_figure, save_figure
 
     names = doc["leading"]
@@ -80,8 +80,20 @@ def plot_explain(doc: dict, out: Path) -> None:
     bx.set_xlabel("fitted V")
     bx.set_ylabel(f"ridge prediction, out of fold ({doc['folds']}-fold)")
     bx.grid(alpha=0.3)
-    fig.suptitle(f"Explaining V by state features ({doc['n_states']} states)", fontsize=10)
+    title = f"Explaining V by state features ({doc['n_states']} states)"
+    fig.suptitle(title if not source else f"{title}\n{source}", fontsize=10)
     save_figure(fig, out, "explain")
+
+
+def _source_label(out: Path) -> str | None:
+    """The model and task a fit directory was made from, as the report's figures name them."""
+    from dbgpu.report import report_source
+
+    try:
+        stats = read_json(out / "stats.json", what="stats file")
+    except DbgpuError:
+        return None
+    return report_source(out, stats)["label"] if isinstance(stats, dict) else None
 
 
 def explain_job(dir: str | Path, *, task=None, folds: int = 5, seed: int = 0) -> dict:
@@ -107,7 +119,7 @@ def explain_job(dir: str | Path, *, task=None, folds: int = 5, seed: int = 0) ->
     with locked_dir(out):                        # one writer per directory
         begin_outputs(out, "explain")
         write_json_atomic(out / "explain.json", doc)
-        plot_explain(doc, out)
+        plot_explain(doc, out, source=_source_label(out))
         finish_outputs(out, "explain", ["explain.json", "explain.png", "explain.pdf"])
         if (out / "report.md").is_file() and (out / "fit_points.npz").is_file():
             from dbgpu.report import write_report
