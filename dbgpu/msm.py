@@ -111,8 +111,8 @@ def reversible_msm(n: int, src, dst, log_w, V) -> ReversibleMsm:
 
 
 def eigenvalues(msm: ReversibleMsm, *, k: int = N_EIGENVALUES) -> np.ndarray | None:
-    """The k eigenvalues of P largest in modulus (the stationary 1 first), sorted by
-    decreasing modulus; None when the model has more than `SPARSE_EIG_MAX` states or
+    """The k eigenvalues of P largest in modulus: the stationary 1 first, then by
+    decreasing modulus (a bipartite chain's -1 second); None when the model has more than `SPARSE_EIG_MAX` states or
     Lanczos does not converge. P is reversible, so they are real: those of the symmetric
     S = D^1/2 P D^-1/2. Dense O(m^3) up to DENSE_EIG_MAX states, else O(E) per Lanczos
     iteration."""
@@ -134,8 +134,9 @@ def eigenvalues(msm: ReversibleMsm, *, k: int = N_EIGENVALUES) -> np.ndarray | N
                        v0=q)
         except ArpackNoConvergence:
             return None
-    ev = ev[np.argsort(-np.abs(ev), kind="stable")][:k]
-    return ev
+    top = int(np.argmax(ev))                               # the stationary 1 (largest algebraic)
+    rest = np.delete(ev, top)
+    return np.r_[ev[top], rest[np.argsort(-np.abs(rest), kind="stable")]][:k]
 
 
 def implied_timescales(ev: np.ndarray) -> np.ndarray:
