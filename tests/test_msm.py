@@ -171,3 +171,31 @@ def test_sampled_sparse_chain_equals_deeptime_with_counts_equal_to_the_weights()
     np.testing.assert_allclose(np.log(m_raw.pi), np.log(d_raw.stationary_distribution), atol=1e-9)
     # visits range over about 70..130 here: the two estimators differ by far more than rounding
     assert np.abs(np.log(m.pi) - np.log(m_raw.pi)).max() > 0.05
+
+
+def test_raw_count_mle_with_the_stay_mass_is_the_reversibility_fit():
+    """deeptime on the raw counts with each source's other answers (self, invalid) on the
+    diagonal is the reversible MLE of the sampled kernel T itself; its stationary
+    distribution is exp(-V) of stats.json's `reversibility` fit (Bradley–Terry with
+    offsets log(n_f/n_g), `dbgpu.stats.reversible_fit`): docs/msm.md, "which counts"."""
+    from dbgpu.stats import reversible_fit
+
+    n = 300
+    _, src, dst, logT = sparse_kernel(n, seed=2)
+    t = sampled_transitions(n, src, dst, logT, queries=30_000, seed=3)
+    e = make_edges(t, weights="counts")
+    fit = fit_potential(n, e.src, e.dst, log_w=e.log_w)
+    main = np.flatnonzero(fit.components.label == 0)
+    local = np.full(n, -1)
+    local[main] = np.arange(len(main))
+    me = (local[e.src] >= 0) & (local[e.dst] >= 0)
+    s, d = local[e.src[me]], local[e.dst[me]]
+    V_rev, _, info = reversible_fit(len(main), s, d, e.count[me], t.visits[main])
+    assert info["converged"]
+    N = sp.csr_matrix((e.count[me].astype(float), (s, d)), shape=(len(main),) * 2).toarray()
+    C = N + np.diag(t.visits[main] - N.sum(1))                 # stay mass on the diagonal
+    dm = _deeptime(C, sparse=False)
+    assert len(dm.count_model.state_symbols) == len(main)
+    lu = -V_rev - np.logaddexp.reduce(-V_rev)
+    # tolerance 1e-9 as above (measured: 6e-12)
+    np.testing.assert_allclose(np.log(dm.stationary_distribution), lu, atol=1e-9)
