@@ -6,8 +6,10 @@ The least-action fit IS the reversible maximum-likelihood Markov model with coun
 - dense exact kernels (synthetic, `dbgpu.synthetic.dense_kernel`: detailed balance plus
   `noise` nats of independent Gaussian noise per entry, potential spread `sigma`), written
   as a score directory; deeptime gets the dense count matrix exp(logT) off the diagonal;
-- a sampled 10,000-state chain (`dbgpu.synthetic.sparse_kernel`, degree 8, sampled with
-  the paper's protocol), written as transitions.jsonl and fitted with `--weights counts`;
+- a sampled 10,000-state chain (`dbgpu.synthetic.metropolis_kernel`, degree 8; and
+  `sparse_kernel`, whose hubs leave most rows' mass outside the state set, so a smaller
+  main component), 500,000 queries with the paper's protocol, written as
+  transitions.jsonl and fitted with `--weights counts`;
   deeptime gets the same weights w = N(f->g)/n_f as a sparse count matrix
   (`sparse=True`). (deeptime on the raw counts N is a different model unless every n_f
   is equal: docs/msm.md.)
@@ -67,6 +69,7 @@ CASES = {
     "dense1000": ("dense", 1000, {"sigma": 1.0, "noise": 0.5}),
     "dense1000-wide": ("dense", 1000, {"sigma": 3.0, "noise": 2.0}),
     "sampled10k": ("sampled", 10_000, {"degree": 8.0, "queries": 500_000}),
+    "sampled10k-hubs": ("hubs", 10_000, {"degree": 8.0, "queries": 500_000}),
 }
 
 
@@ -92,14 +95,19 @@ def make_case(name: str, work: Path, seed: int):
         return d / "score", [], d / "C.npy", info
     from dbgpu.data import make_edges, read_transitions_jsonl
 
-    _, src, dst, logT = sy.sparse_kernel(n, seed=seed, degree=o["degree"])
+    if kind == "hubs":
+        _, src, dst, logT = sy.sparse_kernel(n, seed=seed, degree=o["degree"])
+    else:
+        _, src, dst, logT = sy.metropolis_kernel(n, seed=seed, degree=o["degree"])
     f, g = sy.sample(n, src, dst, np.exp(logT), queries=o["queries"], seed=seed + 1)
     inp = sy.write_transitions_jsonl(d / "transitions.jsonl", sy.state_names(n), f, g)
     e = make_edges(read_transitions_jsonl(inp), weights="counts")
     sp.save_npz(d / "C.npz", sp.csr_matrix((e.w, (e.src, e.dst)), shape=(len(e.states), len(e.states))))
+    what = ("sparse_kernel (hubs; most answers fall outside the state set)" if kind == "hubs"
+            else "metropolis_kernel (Metropolis-Hastings on a random graph)")
     info = {"edges": int(len(e.src)), "logT_range": float(e.log_w.max() - e.log_w.min()),
-            "what": f"synthetic sparse chain, degree {o['degree']}, {o['queries']} queries (paper protocol), "
-                    "--weights counts"}
+            "what": f"synthetic {what}, degree {o['degree']}, {o['queries']} queries (paper protocol: uniform "
+                    "sources), --weights counts; edges and logT_range of the sampled w"}
     return inp, ["--weights", "counts"], d / "C.npz", info
 
 

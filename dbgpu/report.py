@@ -229,6 +229,7 @@ def plot_msm(pi: dict, potential: dict, stats: dict, out: Path) -> None:
         for i, t in enumerate(ts, start=2):
             ax2.text(i, ev[i - 1], f"{t:.3g}", ha="center", va="bottom" if ev[i - 1] >= 0 else "top", fontsize=7)
         ax2.set_xticks(k)
+        ax2.set_ylim(min(min(ev), 0.0) * 1.15 - 0.05, 1.25)              # room for the note
         _note(ax2, "label: implied timescale −1/log|λ| (jumps)")
     else:
         _empty(ax2, "eigenvalues not computed (too many states or no convergence)")
