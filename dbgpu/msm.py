@@ -139,13 +139,18 @@ def eigenvalues(msm: ReversibleMsm, *, k: int = N_EIGENVALUES) -> np.ndarray | N
     return np.r_[ev[top], rest[np.argsort(-np.abs(rest), kind="stable")]][:k]
 
 
+#: |lambda| this close to 1 is 1 to rounding: an infinite timescale
+UNIT_EIG_TOL = 1e-12
+
+
 def implied_timescales(ev: np.ndarray) -> np.ndarray:
-    """t_i = -1 / log|lambda_i| in jumps, for every eigenvalue after the stationary one
-    (inf for |lambda| = 1 to rounding: a second closed class, which a strongly connected
-    component cannot have)."""
-    mag = np.clip(np.abs(np.asarray(ev[1:], np.float64)), 0.0, 1.0)
+    """t_i = -1 / log|lambda_i| in jumps, for every eigenvalue after the stationary one;
+    inf for |lambda| = 1 to rounding (the -1 of a periodic, bipartite chain such as a
+    star), 0 for lambda = 0."""
+    mag = np.abs(np.asarray(ev[1:], np.float64))
     with np.errstate(divide="ignore"):
-        return -1.0 / np.log(mag)
+        t = -1.0 / np.log(np.clip(mag, 0.0, 1.0))
+    return np.where(mag >= 1.0 - UNIT_EIG_TOL, np.inf, t)
 
 
 def msm_summary(msm: ReversibleMsm, *, weights: str) -> dict:

@@ -227,7 +227,7 @@ def plot_msm(pi: dict, potential: dict, stats: dict, out: Path) -> None:
         ax2.axhline(0, color="0.5", lw=0.8)
         ts = ms.get("implied_timescales") or []
         for i, t in enumerate(ts, start=2):
-            ax2.text(i, ev[i - 1], f"{t:.3g}", ha="center", va="bottom" if ev[i - 1] >= 0 else "top", fontsize=7)
+            ax2.text(i, ev[i - 1], "∞" if t is None else f"{t:.3g}", ha="center", va="bottom" if ev[i - 1] >= 0 else "top", fontsize=7)
         ax2.set_xticks(k)
         ax2.set_ylim(min(min(ev), 0.0) * 1.15 - 0.05, 1.25)              # room for the note
         _note(ax2, "label: implied timescale −1/log|λ| (jumps)")
@@ -253,7 +253,8 @@ def _msm_rows(stats: dict) -> list[str]:
     ev, ts = ms.get("eigenvalues"), ms.get("implied_timescales")
     if ev:
         lines += ["| k | eigenvalue λ_k | implied timescale (jumps) |", "|---|---|---|"]
-        lines += [f"| {k + 1} | {fmt(e, '.6g')} | {'—' if k == 0 else fmt(ts[k - 1], '.4g')} |"
+        lines += [f"| {k + 1} | {fmt(e, '.6g')} | "
+                  f"{'—' if k == 0 else ('∞ (periodic)' if ts[k - 1] is None else fmt(ts[k - 1], '.4g'))} |"
                   for k, e in enumerate(ev)]
     return lines
 

@@ -213,8 +213,11 @@ def test_claude_word_case_reversible_model(tmp_path, capsys):
     assert st["n_states"] == 3 and st["n_transitions"] == 4
     # P = [[0, a, b], [1, 0, 0], [1, 0, 0]] has eigenvalues 1, -1, 0 (bipartite star)
     np.testing.assert_allclose(st["eigenvalues"], [1, -1, 0], atol=1e-9)
+    assert st["implied_timescales"][0] is None                    # the -1: infinite (periodic), as null
+    assert st["implied_timescales"][1] == pytest.approx(0.0, abs=1e-12)   # lambda 0: -1/log 0 = 0
 
     rc, _, err = run(["report", str(tmp_path / "fit")], capsys)
     assert rc == 0, err
     md = (tmp_path / "fit" / "report.md").read_text()
     assert "## Reversible Markov model" in md and (tmp_path / "fit" / "msm.png").is_file()
+    assert "| 2 | -1 | ∞ (periodic) |" in md                       # the star's -1, not a huge number
