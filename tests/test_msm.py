@@ -199,3 +199,23 @@ def test_raw_count_mle_with_the_stay_mass_is_the_reversibility_fit():
     lu = -V_rev - np.logaddexp.reduce(-V_rev)
     # tolerance 1e-9 as above (measured: 6e-12)
     np.testing.assert_allclose(np.log(dm.stationary_distribution), lu, atol=1e-9)
+
+
+def test_lanczos_eigenvalues_equal_a_dense_solve_of_P():
+    """Above DENSE_EIG_MAX states the eigenvalues come from Lanczos on the symmetrised
+    matrix: they equal numpy's dense eigenvalues of P itself (non-symmetric, independent)."""
+    from dbgpu.msm import DENSE_EIG_MAX
+    from dbgpu.synthetic import metropolis_kernel
+
+    n = 800
+    assert n > DENSE_EIG_MAX
+    _, src, dst, logT = metropolis_kernel(n, seed=4, degree=6.0)
+    _, m = _msm_of(n, src, dst, logT)
+    ev = eigenvalues(m, k=6)
+    dense = np.linalg.eigvals(m.P.toarray())
+    assert np.abs(dense.imag).max() < 1e-8                      # reversible: a real spectrum
+    dense = np.sort(dense.real)
+    want = np.r_[dense[-1], sorted(dense[:-1], key=lambda x: -abs(x))[:5]]
+    # tolerance 1e-8: eigsh is asked for 1e-10 relative, numpy's non-symmetric solver is
+    # accurate to about 1e-12 on a well-conditioned reversible P
+    np.testing.assert_allclose(ev, want, atol=1e-8)
