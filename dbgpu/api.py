@@ -305,6 +305,28 @@ class Potential:
     stats = property(lambda self: self._outputs.stats, doc="stats.json's dict")
     components = property(lambda self: self._outputs.stats["components"],
                           doc="the strongly connected components (sizes, positions, levels)")
+    pi = property(lambda self: self._outputs.msm,
+                  doc="{state: pi or None}: the stationary distribution of the reversible Markov model "
+                      "the fit is (msm.json; docs/msm.md), None outside the main component; None for a "
+                      "fit directory written before msm.json existed")
+
+    @property
+    def P(self):
+        """The reversible Markov model's transition matrix (scipy.sparse CSR, main component
+        x main component, rows summing to 1, `pi_f P_fg = pi_g P_gf`), rows and columns in
+        the order of `msm_states`; None for a fit written before msm_transitions.npz existed."""
+        import scipy.sparse as sp
+
+        z = self._outputs.msm_npz
+        if z is None:
+            return None
+        return sp.csr_matrix((z["data"], z["indices"], z["indptr"]), shape=tuple(int(k) for k in z["shape"]))
+
+    @property
+    def msm_states(self) -> list[str] | None:
+        """The states of `P`'s rows and columns (the main component, input order)."""
+        z = self._outputs.msm_npz
+        return None if z is None else [str(s) for s in z["states"]]
 
     @property
     def states(self) -> list[str]:
@@ -321,19 +343,22 @@ class Potential:
         checked."""
         from dbgpu.commands.explain import task_of
         from dbgpu.commands.fit import FitOutputs
-        from dbgpu.report import read_fit
+        from dbgpu.report import read_fit, read_msm
 
         path = Path(dir)
         stats, potential, points, sigma = read_fit(path)
         full = None if sigma is None else {s: sigma.get(s) for s in potential}
+        msm, msm_npz = read_msm(path)
         try:
             task = task_of(path)
         except DbgpuError:
             task = None
-        return cls(FitOutputs(potential=potential, stats=stats, points=points, sigma=full), task=task, path=path)
+        return cls(FitOutputs(potential=potential, stats=stats, points=points, sigma=full, msm=msm,
+                              msm_npz=msm_npz), task=task, path=path)
 
     def save(self, dir: PathLike) -> Path:
-        """Write potential.json, stats.json, fit_points.npz (and uncertainty.json) into
+        """Write potential.json, stats.json, fit_points.npz, msm.json, msm_transitions.npz
+        (and uncertainty.json) into
         `dir`, as `dbgpu fit` does (`commands.fit.write_fit`); returns the directory."""
         from dbgpu.commands.fit import write_fit
 

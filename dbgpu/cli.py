@@ -262,7 +262,8 @@ def _add_fit(sub) -> None:
     p = sub.add_parser(
         "fit", help="least-action potential and detailed-balance statistics",
         description="Fit the least-action potential of a paper JSON file, a transitions.jsonl "
-                    "or a score directory; write potential.json, stats.json and fit_points.npz.")
+                    "or a score directory; write potential.json, stats.json, fit_points.npz, and the "
+                    "reversible Markov model the fit is: msm.json (pi) and msm_transitions.npz (P).")
     p.add_argument("input", help="paper .json (either shape), transitions .jsonl, or a score directory")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--reject", choices=("high", "low"), default="high",
@@ -312,7 +313,7 @@ def _cmd_fit(args) -> int:
     if stats.get("null"):
         print("null (detailed balance, " + str(stats["null"]["replicates"]) + " replicates): "
               + "; ".join(f"{k} p = {fmt(v['p_value'], '.3g')}" for k, v in stats["null"]["statistics"].items()))
-    files = ["potential.json", "stats.json", "fit_points.npz"]
+    files = ["potential.json", "stats.json", "fit_points.npz", "msm.json", "msm_transitions.npz"]
     if stats["uncertainty"]["method"]:
         files.append("uncertainty.json")
     print(f"wrote {args.out}/" + ", ".join(files))

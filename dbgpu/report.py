@@ -11,6 +11,8 @@ checking the directory's manifest (`dbgpu.io.check_outputs`); writes, between
 - `potential_hist.{png,pdf}`: histogram of V with a Gaussian of the same mean and sd,
   and each state's sigma against V when the fit has error bars;
 - `graph.{png,pdf}`: the lowest-potential states at height V (± sigma), their strongest edges;
+- `msm.{png,pdf}` (when the fit wrote msm.json): the reversible Markov model's log pi
+  against V, and its leading eigenvalues with their implied timescales (`dbgpu.msm`);
 - `report.md`, embedding the PNGs with the headline numbers, the null distributions,
   the ordered components outside the main one (and `dbgpu explain`'s section and figure
   when the directory holds explain.json).
@@ -195,6 +197,67 @@ def plot_histogram(V: np.ndarray, out: Path, *, sigma: np.ndarray | None = None,
     _titled(ax, "Distribution of the fitted potential", source)
     ax.grid(alpha=0.3)
     save_figure(fig, out, "potential_hist")
+
+
+def plot_msm(pi: dict, potential: dict, stats: dict, out: Path, *, source: str | None = None) -> None:
+    """log pi against V for the main component (pi ~ r exp(-V): the line of slope -1 is
+    r constant; the spread about it is log r, the chance of a move), and the reversible
+    model's leading eigenvalues."""
+    fig = new_figure(figsize=(9.6, 4.2))
+    ax, ax2 = fig.subplots(1, 2)
+    both = [(potential[s], p) for s, p in pi.items() if p is not None and potential.get(s) is not None]
+    V = np.array([v for v, _ in both], dtype=float)
+    lp = np.log(np.array([p for _, p in both], dtype=float)) if both else np.zeros(0)
+    if len(V):
+        ax.scatter(V, lp, s=10, alpha=0.6, lw=0, color="C0", label=f"{len(V)} states")
+        c = float(np.mean(lp + V))
+        t = np.array([V.min(), V.max()])
+        ax.plot(t, c - t, color="C3", lw=1, label="log π = −V + const (equal r)")
+        ax.legend(fontsize=8, loc="upper right")
+    else:
+        _empty(ax, "no main component")
+    ax.set_xlabel("potential V")
+    ax.set_ylabel("log π (reversible MSM)")
+    _titled(ax, "Stationary distribution against V", source)
+    ax.grid(alpha=0.3)
+    ms = stats.get("msm") or {}
+    ev = ms.get("eigenvalues")
+    if ev:
+        k = np.arange(1, len(ev) + 1)
+        ax2.bar(k, ev, color=["C2"] + ["C0"] * (len(ev) - 1))
+        ax2.axhline(0, color="0.5", lw=0.8)
+        ts = ms.get("implied_timescales") or []
+        for i, t in enumerate(ts, start=2):
+            ax2.text(i, ev[i - 1], "∞" if t is None else f"{t:.3g}", ha="center", va="bottom" if ev[i - 1] >= 0 else "top", fontsize=7)
+        ax2.set_xticks(k)
+        ax2.set_ylim(min(min(ev), 0.0) * 1.15 - 0.05, 1.25)              # room for the note
+        _note(ax2, "label: implied timescale −1/log|λ| (jumps)")
+    else:
+        _empty(ax2, "eigenvalues not computed (too many states or no convergence)")
+    ax2.set_xlabel("eigenvalue index (by |λ|)")
+    ax2.set_ylabel("λ of P")
+    ax2.set_title("Leading eigenvalues of the reversible model")
+    ax2.grid(alpha=0.3)
+    save_figure(fig, out, "msm")
+
+
+def _msm_rows(stats: dict) -> list[str]:
+    ms = stats.get("msm")
+    if not ms:
+        return []
+    lines = ["", "## Reversible Markov model", "",
+             f"The fit is the reversible maximum-likelihood Markov model with counts c = w ({ms['counts']}) "
+             f"on the main component ({ms['n_states']} states, {ms['n_transitions']} transitions): "
+             "π_f ∝ r_f exp(−V_f), r_f the out-weight of f (msm.json, msm_transitions.npz; docs/msm.md). "
+             f"Stationarity residual (fit tolerance) {fmt(ms['stationarity_residual'], '.2g')}.", "",
+             "![reversible model](msm.png)", ""]
+    ev, ts = ms.get("eigenvalues"), ms.get("implied_timescales")
+    if ev:
+        lines += ["| k | eigenvalue λ_k | implied timescale (jumps) |", "|---|---|---|"]
+        lines += [f"| {k + 1} | {fmt(e, '.6g')} | "
+                  f"{'—' if k == 0 else ('∞ (periodic)' if ts[k - 1] is None else fmt(ts[k - 1], '.4g'))} |"
+                  for k, e in enumerate(ev)]
+    return lines
 
 
 def plot_graph(pts, stats, out: Path, *, per_state: int = 3, source: str | None = None) -> None:
@@ -482,7 +545,9 @@ def _report_md(stats, potential, V_sorted, sigma=None, source: dict | None = Non
         lines += ["| state | V |", "|---|---|"]
         lines += [f"| `{s}` | {v:.4f} |" for s, v in V_sorted[:20]]
     lines += _unbounded_rows(stats, potential)
+    lines += _msm_rows(stats)
     files = "potential.json, stats.json, fit_points.npz" + (", uncertainty.json" if sigma else "")
+    files += ", msm.json, msm_transitions.npz" if stats.get("msm") else ""
     lines += ["", f"Files: {files}; figures also as PDF.", ""]
     return "\n".join(lines)
 
@@ -511,8 +576,26 @@ def read_fit(out: Path):
     return stats, potential, pts, sigma
 
 
+def read_msm(out: Path):
+    """(msm.json's {state: pi or None}, msm_transitions.npz's arrays) of a finished fit,
+    or (None, None) for a fit written before they existed."""
+    if not (out / "msm.json").is_file() or not (out / "msm_transitions.npz").is_file():
+        return None, None
+    pi = read_json(out / "msm.json", what="msm file")
+    f = out / "msm_transitions.npz"
+    try:
+        with np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # numpy raises several types for a damaged file
+        raise DbgpuError(f"cannot read {f}: {e}") from None
+    if not isinstance(pi, dict) or not {"data", "indices", "indptr", "shape", "states"} <= set(arrays):
+        raise DbgpuError(f"{out} holds a damaged reversible model (msm.json / msm_transitions.npz)")
+    return pi, arrays
+
+
 def write_report(dir: str | os.PathLike) -> Path:
-    """Draw the four figures (PNG + PDF) and write report.md into `dir`; return its path."""
+    """Draw the four figures (and msm when the fit has its reversible model; PNG + PDF)
+    and write report.md into `dir`; return its path."""
     out = Path(dir)
     stats, potential, pts, sigma = read_fit(out)
     V_sorted = sorted(((s, v) for s, v in potential.items() if v is not None), key=lambda t: t[1])
@@ -524,9 +607,14 @@ def write_report(dir: str | os.PathLike) -> Path:
     sig = None if sigma is None else np.array([sigma.get(s, np.nan) for s, _ in V_sorted], dtype=float)
     plot_histogram(V, out, sigma=sig, method=(stats.get("uncertainty") or {}).get("method"), source=source["label"])
     plot_graph(pts, stats, out, source=source["label"])
+    figures = FIGURES
+    pi, _ = read_msm(out)
+    if pi is not None:
+        plot_msm(pi, potential, stats, out, source=source["label"])
+        figures = FIGURES + ("msm",)
     path = out / "report.md"
     write_text_atomic(path, _report_md(stats, potential, V_sorted, sigma, source) + _explain_section(out))
-    finish_outputs(out, "report", [f"{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")] + ["report.md"])
+    finish_outputs(out, "report", [f"{name}.{ext}" for name in figures for ext in ("png", "pdf")] + ["report.md"])
     return path
 
 

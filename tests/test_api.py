@@ -65,6 +65,11 @@ def assert_same_fit(a: Path, b: Path) -> None:
         assert sorted(za.files) == sorted(zb.files)
         for name in za.files:
             np.testing.assert_array_equal(za[name], zb[name])
+    assert (a / "msm.json").read_bytes() == (b / "msm.json").read_bytes()
+    with np.load(a / "msm_transitions.npz") as za, np.load(b / "msm_transitions.npz") as zb:
+        assert sorted(za.files) == sorted(zb.files)
+        for name in za.files:
+            np.testing.assert_array_equal(za[name], zb[name])
 
 
 # --------------------------------------------------------------------------- the package's front door
@@ -281,9 +286,18 @@ def test_potential_repr_load_and_unbounded_states(tmp_path, capsys):
     lowest = min(pot.bounded, key=pot.V.get)
     assert f"lowest potential (most probable): {lowest} {pot.V[lowest]:+.2f}" in r
     # saved, loaded back, saved again: the same files
+    # the reversible Markov model (hand-checked in test_cli_fit): pi on the main component
+    assert pot.pi["TURKEY"] is None and pot.pi["BUZZY"] is None
+    assert pot.pi["ATTITUDE"] == pytest.approx(0.5, rel=1e-10)          # the fit's tolerance
+    assert pot.msm_states == pot.bounded
+    P = pot.P.toarray()
+    np.testing.assert_allclose(P.sum(1), 1.0, atol=1e-15)                # a few roundings per row
+    pi = np.array([pot.pi[s] for s in pot.msm_states])
+    np.testing.assert_allclose(pi[:, None] * P, (pi[:, None] * P).T, atol=1e-16)   # detailed balance
     pot.save(tmp_path / "a")
     back = dbgpu.Potential.load(tmp_path / "a")
     assert back.V == pot.V and back.stats == pot.stats and back.path == tmp_path / "a"
+    assert back.pi == pot.pi and (back.P != pot.P).nnz == 0 and back.msm_states == pot.msm_states
     back.save(tmp_path / "b")
     assert_same_fit(tmp_path / "a", tmp_path / "b")
     # a list of (source, target) pairs is the same input

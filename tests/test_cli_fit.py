@@ -182,3 +182,40 @@ def test_low_reject_weights_and_dropped_states(tmp_path, capsys):
     st = json.loads((tmp_path / "b" / "stats.json").read_text())
     assert st["components"]["state_position"]["ATTITUDE"] == "dropped"
     assert st["threshold"] == 90
+
+
+def test_claude_word_case_reversible_model(tmp_path, capsys):
+    """msm.json and msm_transitions.npz for the paper's Claude-4 counts. The main component
+    is a star round ATTITUDE (a tree: reversible exactly), so x_fg = w_fg u_f and by hand
+    pi ~ (x_AP + x_AR, x_AP, x_AR) with x_AP : x_AR = 66 : 20, i.e. pi = (86, 66, 20) / 172,
+    and P(ATTITUDE, .) = (66, 20) / 86, P(PERSONAL, ATTITUDE) = P(PROBLEMS, ATTITUDE) = 1."""
+    import scipy.sparse as sp
+
+    inp = write_claude_json(tmp_path / "claude.json")
+    rc, out, err = run(["fit", str(inp), "--out", str(tmp_path / "fit"), "--device", "cpu"], capsys)
+    assert rc == 0, err
+    assert "msm.json, msm_transitions.npz" in out
+    pi = json.loads((tmp_path / "fit" / "msm.json").read_text())
+    assert list(pi) == ["BUZZY", "ATTITUDE", "TURKEY", "PERSONAL", "PROBLEMS"]     # input order
+    assert pi["BUZZY"] is None and pi["TURKEY"] is None                           # outside the main SCC
+    # tolerance: the fit's relative gradient tolerance 1e-12
+    assert [pi["ATTITUDE"], pi["PERSONAL"], pi["PROBLEMS"]] == pytest.approx([86 / 172, 66 / 172, 20 / 172], rel=1e-10)
+    f = tmp_path / "fit" / "msm_transitions.npz"
+    P = sp.load_npz(f)                                                            # scipy reads it as is
+    with np.load(f, allow_pickle=False) as z:
+        order = list(z["states"])
+        np.testing.assert_allclose(z["pi"], [pi[s] for s in order], rtol=1e-15)   # the same numbers
+    assert order == ["ATTITUDE", "PERSONAL", "PROBLEMS"]
+    np.testing.assert_allclose(P.toarray(), [[0, 66 / 86, 20 / 86], [1, 0, 0], [1, 0, 0]], atol=1e-10)
+    st = json.loads((tmp_path / "fit" / "stats.json").read_text())["msm"]
+    assert st["n_states"] == 3 and st["n_transitions"] == 4
+    # P = [[0, a, b], [1, 0, 0], [1, 0, 0]] has eigenvalues 1, -1, 0 (bipartite star)
+    np.testing.assert_allclose(st["eigenvalues"], [1, -1, 0], atol=1e-9)
+    assert st["implied_timescales"][0] is None                    # the -1: infinite (periodic), as null
+    assert st["implied_timescales"][1] == pytest.approx(0.0, abs=1e-12)   # lambda 0: -1/log 0 = 0
+
+    rc, _, err = run(["report", str(tmp_path / "fit")], capsys)
+    assert rc == 0, err
+    md = (tmp_path / "fit" / "report.md").read_text()
+    assert "## Reversible Markov model" in md and (tmp_path / "fit" / "msm.png").is_file()
+    assert "| 2 | -1 | ∞ (periodic) |" in md                       # the star's -1, not a huge number

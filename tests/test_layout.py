@@ -22,13 +22,13 @@ LAYERS = [
     "formatting",
     "scoring.trie", "scoring.plan", "scoring.stats", "scoring.head", "scoring.prefix", "scoring.plain", "scoring.tree", "scoring",
     "sampling", "explore",
-    "data", "graph", "fit", "stats", "uncertainty", "comparison", "explain", "report", "synthetic",
+    "data", "graph", "fit", "stats", "msm", "uncertainty", "comparison", "explain", "report", "synthetic",
     "commands.score", "commands.fit", "commands.report", "commands.explain", "commands.run", "commands.compare",
     "commands.explore", "commands.states", "commands",
     "api",
     "cli", "__main__", "",
 ]
-ANALYSIS = {"data", "graph", "fit", "stats", "uncertainty", "comparison", "explain", "report", "synthetic"}
+ANALYSIS = {"data", "graph", "fit", "stats", "msm", "uncertainty", "comparison", "explain", "report", "synthetic"}
 
 
 def _module_name(path: Path) -> str:

@@ -2,7 +2,7 @@
 atomically and returns a summary; `dbgpu.cli` only parses arguments and prints.
 
     score    exact kernel of a state set               -> score directory
-    fit      least-action potential and statistics     -> potential.json, stats.json, fit_points.npz
+    fit      least-action potential and statistics     -> potential.json, stats.json, fit_points.npz, msm.*
     report   figures and report.md for a fit directory
     run      score + fit + report on defaults
     compare  models x templates on one state set

@@ -13,6 +13,11 @@ refused by every reader):
 - `uncertainty.json` (with `laplace` or `bootstrap`): `{state: sigma or null}`.
 - `fit_points.npz`: the per-pair points, the sampled loops, the top-state graph points
   and sigma, which the report plots.
+- `msm.json`: `{state: pi or null}`, the stationary distribution of the reversible Markov
+  model the fit is (`dbgpu.msm`; docs/msm.md), null outside the main component.
+- `msm_transitions.npz`: that model's transition matrix P (main component x main
+  component, rows sum to 1) as scipy CSR arrays (`data`, `indices`, `indptr`, `shape`,
+  `format`: `scipy.sparse.load_npz` reads it) with its state order (`states`) and `pi`.
 """
 
 from __future__ import annotations
@@ -99,14 +104,34 @@ def _stats_doc(input_path, summary, edges, fit, body: dict, *, reject: str, thre
     }
 
 
-def _write_outputs(out_dir, *, potential: dict, stats: dict, points: dict, sigma: dict | None) -> None:
+def _npz_bytes(arrays: dict) -> bytes:
     buf = io.BytesIO()
-    np.savez(buf, **points)
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def msm_arrays(states: list[str], msm) -> dict:
+    """msm_transitions.npz: P as scipy CSR arrays, its state order and pi."""
+    P = msm.P.tocsr()
+    return {"data": P.data, "indices": P.indices, "indptr": P.indptr, "shape": np.array(P.shape),
+            "format": np.array("csr"), "states": np.array([states[i] for i in msm.members], dtype=str),
+            "pi": msm.pi}
+
+
+def _write_outputs(out_dir, *, potential: dict, stats: dict, points: dict, sigma: dict | None,
+                   msm: dict | None = None, msm_npz: dict | None = None) -> None:
     with locked_dir(out_dir):                                   # the only writer of out_dir
         out = begin_outputs(out_dir, "fit", invalidates=("report", "explain"))
-        write_bytes_atomic(out / "fit_points.npz", buf.getvalue())
+        write_bytes_atomic(out / "fit_points.npz", _npz_bytes(points))
         files = ["fit_points.npz", "potential.json"]
         write_json_atomic(out / "potential.json", potential)
+        if msm is not None and msm_npz is not None:
+            write_json_atomic(out / "msm.json", msm)
+            write_bytes_atomic(out / "msm_transitions.npz", _npz_bytes(msm_npz))
+            files += ["msm.json", "msm_transitions.npz"]
+        else:                                                   # none from an older fit
+            (out / "msm.json").unlink(missing_ok=True)
+            (out / "msm_transitions.npz").unlink(missing_ok=True)
         if sigma is not None:
             write_json_atomic(out / "uncertainty.json", sigma)
             files.append("uncertainty.json")
@@ -176,6 +201,8 @@ class FitOutputs:
     stats: dict                # stats.json (JSON-safe)
     points: dict               # fit_points.npz: name -> array
     sigma: dict | None         # uncertainty.json: {state: sigma or None}, or None without error bars
+    msm: dict | None = None    # msm.json: {state: pi or None}, input order (None: not computed)
+    msm_npz: dict | None = None  # msm_transitions.npz: name -> array (`msm_arrays`)
 
 
 def fit_data(data, *, input_label: str | None, reject: str = "high", threshold: float = 0,
@@ -195,6 +222,7 @@ def fit_data(data, *, input_label: str | None, reject: str = "high", threshold: 
     from dbgpu.data import make_edges
     from dbgpu.fit import fit_potential
     from dbgpu.graph import analysis_device
+    from dbgpu.msm import msm_summary, reversible_msm
     from dbgpu.provenance import environment
     from dbgpu.stats import detailed_balance_stats
 
@@ -220,6 +248,8 @@ def fit_data(data, *, input_label: str | None, reject: str = "high", threshold: 
     unc, sigma, nul = _errors_and_null(data, edges, fit, body, weights=weights, reject=reject,
                                        threshold=threshold, laplace=laplace, bootstrap=bootstrap, null=null,
                                        seed=seed, dev=dev, progress=progress)
+    rmsm = reversible_msm(len(edges.states), edges.src, edges.dst, edges.log_w, fit.V)
+    body["msm"] = msm_summary(rmsm, weights=edges.mode)
     stats = _stats_doc(input_label, summary, edges, fit, {**body, "uncertainty": unc, "null": nul},
                        reject=reject, threshold=threshold)
     stats["seconds"] = time.perf_counter() - t0
@@ -230,15 +260,19 @@ def fit_data(data, *, input_label: str | None, reject: str = "high", threshold: 
     arrays = _thin(arrays, ("pair_x", "pair_dV", "pair_var", "pair_f", "pair_g"), MAX_POINTS)
     points = {**arrays, **_graph_points(edges, fit), "V": fit.V, "states": np.array(edges.states, dtype=str),
               "sigma": np.full(len(edges.states), np.nan) if sigma is None else sigma}
-    return FitOutputs(potential=potential, stats=json_safe(stats), points=points, sigma=sig)
+    pi = dict.fromkeys(edges.states)
+    pi.update({edges.states[i]: float(p) for i, p in zip(rmsm.members, rmsm.pi)})
+    return FitOutputs(potential=potential, stats=json_safe(stats), points=points, sigma=sig, msm=pi,
+                      msm_npz=msm_arrays(edges.states, rmsm))
 
 
 def write_fit(out_dir: str | os.PathLike, fitted: FitOutputs) -> None:
-    """potential.json, stats.json, fit_points.npz (and uncertainty.json) into out_dir, as
+    """potential.json, stats.json, fit_points.npz, msm.json, msm_transitions.npz (and
+    uncertainty.json) into out_dir, as
     its only writer, between the manifest's begin and finish (whole or refused)."""
     check_out_dir(out_dir)
     _write_outputs(out_dir, potential=fitted.potential, stats=fitted.stats, points=fitted.points,
-                   sigma=fitted.sigma)
+                   sigma=fitted.sigma, msm=fitted.msm, msm_npz=fitted.msm_npz)
 
 
 def fit_input(input_path: str | os.PathLike, out_dir: str | os.PathLike, *, reject: str = "high",
