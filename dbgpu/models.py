@@ -416,7 +416,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None =
     dt = resolve_dtype(dtype, dev)
     r = resolve_model(name, cache_dir=cache_dir)
     with quiet_loading():
-        return _load(name, r, dev=dev, dt=dt, cache_dir=cache_dir, seed=seed, device_map=device_map,
+        return _load_lm(name, r, dev=dev, dt=dt, cache_dir=cache_dir, seed=seed, device_map=device_map,
                      max_memory=max_memory, offload_dir=offload_dir)
 
 
@@ -469,7 +469,7 @@ def _gguf_bar_off():
         gguf_utils.tqdm = bar
 
 
-def _load(name: str, r: dict, *, dev, dt, cache_dir: Path, seed: int, device_map, max_memory, offload_dir) -> LM:
+def _load_lm(name: str, r: dict, *, dev, dt, cache_dir: Path, seed: int, device_map, max_memory, offload_dir) -> LM:
     """load_model's work once the name, device and dtype are resolved."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

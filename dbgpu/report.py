@@ -218,7 +218,7 @@ def plot_msm(pi: dict, potential: dict, stats: dict, out: Path, *, source: str |
         _empty(ax, "no main component")
     ax.set_xlabel("potential V")
     ax.set_ylabel("log π (reversible MSM)")
-    _titled(ax, "Stationary distribution against V", source)
+    ax.set_title("Stationary distribution against V", fontsize=10)
     ax.grid(alpha=0.3)
     ms = stats.get("msm") or {}
     ev = ms.get("eigenvalues")
@@ -236,12 +236,13 @@ def plot_msm(pi: dict, potential: dict, stats: dict, out: Path, *, source: str |
         _empty(ax2, "eigenvalues not computed (too many states or no convergence)")
     ax2.set_xlabel("eigenvalue index (by |λ|)")
     ax2.set_ylabel("λ of P")
-    ax2.set_title("Leading eigenvalues of the reversible model")
+    ax2.set_title("Leading eigenvalues of the reversible model", fontsize=10)
     ax2.grid(alpha=0.3)
+    fig.suptitle("Reversible Markov model of the fit" + (f"\n{source}" if source else ""), fontsize=10)
     save_figure(fig, out, "msm")
 
 
-def _msm_rows(stats: dict) -> list[str]:
+def _msm_rows(stats: dict, of: str = "") -> list[str]:
     ms = stats.get("msm")
     if not ms:
         return []
@@ -250,7 +251,8 @@ def _msm_rows(stats: dict) -> list[str]:
              f"on the main component ({ms['n_states']} states, {ms['n_transitions']} transitions): "
              "π_f ∝ r_f exp(−V_f), r_f the out-weight of f (msm.json, msm_transitions.npz; docs/msm.md). "
              f"Stationarity residual (fit tolerance) {fmt(ms['stationarity_residual'], '.2g')}.", "",
-             "![reversible model](msm.png)", ""]
+             "![reversible model](msm.png)", "",
+             f"*Stationary distribution against V and the reversible model's leading eigenvalues{of}.*", ""]
     ev, ts = ms.get("eigenvalues"), ms.get("implied_timescales")
     if ev:
         lines += ["| k | eigenvalue λ_k | implied timescale (jumps) |", "|---|---|---|"]
@@ -545,7 +547,7 @@ def _report_md(stats, potential, V_sorted, sigma=None, source: dict | None = Non
         lines += ["| state | V |", "|---|---|"]
         lines += [f"| `{s}` | {v:.4f} |" for s, v in V_sorted[:20]]
     lines += _unbounded_rows(stats, potential)
-    lines += _msm_rows(stats)
+    lines += _msm_rows(stats, of)
     files = "potential.json, stats.json, fit_points.npz" + (", uncertainty.json" if sigma else "")
     files += ", msm.json, msm_transitions.npz" if stats.get("msm") else ""
     lines += ["", f"Files: {files}; figures also as PDF.", ""]

