@@ -74,7 +74,8 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = 
     """Load a model and its tokenizer once, to pass to `kernel` and `exploration`.
 
     `name`: an alias (smollm2-135m, gemma3-270m), random:llama|qwen2|gemma3 (tiny random
-    weights, `seed`), a local directory, a .gguf file or a hub id. `device` auto is CUDA
+    weights, `seed`; real-size shapes such as random:llama-3.1-8b, and random:ARCH+smollm2-135m
+    for SmolLM2's BPE tokenizer), a local directory, a .gguf file or a hub id. `device` auto is CUDA
     when available; `dtype` auto is bf16 on CUDA, float32 on CPU. GGUF models are
     dequantised once (tens of seconds on a CPU) and cached under `cache_dir` (default:
     the user cache directory). `device_map` ("auto", "balanced", "balanced_low_0",

@@ -370,6 +370,7 @@ def _meta(*, lm, task: Task, states: list[str], template_path, temperature: floa
     return {
         "model": job["settings"]["model"],
         "resolved": lm.resolved,
+        "tokenizer": lm.info.get("tokenizer"),        # {kind: byte-level | an alias | the model's own, source, size}
         "task": task_spec(task),
         "template": str(template_path) if template_path else None,
         "template_sha256": template_sha256(task),
