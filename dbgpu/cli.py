@@ -404,6 +404,9 @@ def _add_explore(sub) -> None:
                    help=f"longer answers are truncated and rejected (default: the task's, word100 "
                         f"{DEFAULT_MAX_NEW_TOKENS}, formula 48)")
     p.add_argument("--seed", type=int, default=0, help="same seed, model and device: the same log (default 0)")
+    p.add_argument("--kv-cache", choices=("auto", "dynamic", "static"), default="auto",
+                   help="the sampler's decode loop: auto (static on CUDA, dynamic elsewhere), dynamic (finished "
+                        "rows leave the batch), static (fixed shapes, transformers StaticCache)")
     _threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_explore)
@@ -418,7 +421,7 @@ def _cmd_explore(args) -> int:
                       batch=args.batch, start=args.start, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device,
                       dtype=args.dtype, cache_dir=args.cache_dir, placement=_placement(args),
-                      progress=not args.quiet)
+                      progress=not args.quiet, kv_cache=args.kv_cache)
     print(summary_text(res["summary"], steps=(res["first_step"], res["first_step"] + res["steps"]),
                        n_discovered=len(res["discovered"]), path=res["log"]))
     return 0
