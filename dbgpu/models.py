@@ -307,19 +307,44 @@ def random_config(arch: str, *, vocab_size: int | None = None, overrides: dict |
     return config, tokenizer
 
 
+#: random models with more parameters than this are built on their device in their dtype
+#: (an 8B in float32 on the CPU would be 32 GB and minutes of initialisation)
+DIRECT_BUILD_PARAMS = 2_000_000_000
+
+
 def random_model(arch: str, *, seed: int = 0, vocab_size: int | None = None, overrides: dict | None = None,
-                 tokenizer=None):
+                 tokenizer=None, device: torch.device | None = None, dtype: torch.dtype | None = None):
     """(model, tokenizer) with random weights from a config; same seed, same weights
-    (whatever the tokenizer: it changes no weight)."""
+    (whatever the tokenizer: it changes no weight). Built in float32 on the CPU, unless
+    `device` is given: then built there in `dtype` (float32 by default), the weights drawn
+    by that device's generator (same seed and device, same weights)."""
     from transformers import AutoModelForCausalLM
 
     config, tokenizer = random_config(arch, vocab_size=vocab_size, overrides=overrides, tokenizer=tokenizer)
-    with torch.random.fork_rng(devices=[]):
+    device = torch.device(device) if device is not None else None
+    with torch.random.fork_rng(devices=[device] if device is not None and device.type == "cuda" else []):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if device is None:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        else:
+            with device:
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
+
+
+def _estimated_params(config) -> int:
+    """Parameters of a decoder config: embeddings (and an untied head), attention and gated
+    MLP projections (biases and norms left out)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    H, L, V = text.hidden_size, text.num_hidden_layers, text.vocab_size
+    heads = text.num_attention_heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    hd = getattr(text, "head_dim", None) or H // heads
+    F = getattr(text, "intermediate_size", None) or 4 * H
+    tied = getattr(text, "tie_word_embeddings", True)
+    return V * H * (1 if tied else 2) + L * (H * (heads + 2 * kv) * hd + heads * hd * H + 3 * H * F)
 
 
 # ----------------------------------------------------------------------------- GGUF cache
@@ -520,8 +545,14 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | torch.device | None =
     info = {}
     if r["kind"] == "random":
         tok, info["tokenizer"] = random_tokenizer(name, cache_dir=cache_dir)
-        model, tok = random_model(random_spec(name)[0], seed=seed, tokenizer=tok)
-        model = cast_parameters(model, dt)
+        arch = random_spec(name)[0]
+        config, _ = random_config(arch, tokenizer=tok)
+        if _estimated_params(config) > DIRECT_BUILD_PARAMS and device_map is None:
+            model, tok = random_model(arch, seed=seed, tokenizer=tok, device=dev, dtype=dt)
+            info["built_on"] = str(dev)
+        else:
+            model, tok = random_model(arch, seed=seed, tokenizer=tok)
+            model = cast_parameters(model, dt)
         info["seed"] = seed
     elif r["kind"] == "gguf":
         info["gguf_sha256"] = _sha256(Path(r["path"]))

@@ -244,3 +244,22 @@ def test_dry_run_plans_the_8b_on_cuda_without_building_it(tmp_path, capsys, monk
             # 8,030,261,248 bf16 parameters = 15,316 MiB (the plan's weights line)
             assert "smollm2-135m tokenizer of 49,152 tokens" in stdout
             assert "| weights | 15,316 MiB |" in stdout, stdout
+
+
+def test_a_large_random_model_is_built_on_its_device_in_its_dtype(monkeypatch):
+    """Above DIRECT_BUILD_PARAMS a random model is built where it runs, in its dtype (no float32
+    copy on the CPU): forced here on a tiny model. It is the model transformers builds in that
+    dtype: bf16 weights, the rotary frequencies float32 (as cast_parameters keeps them)."""
+    import dbgpu.models as models
+
+    monkeypatch.setattr(models, "DIRECT_BUILD_PARAMS", 0)
+    lm = load_model("random:llama", device="cpu", dtype="bfloat16", seed=1)
+    assert lm.info["built_on"] == "cpu"
+    assert {p.dtype for p in lm.model.parameters()} == {torch.bfloat16}
+    buffers = {n: b.dtype for n, b in lm.model.named_buffers() if "inv_freq" in n}
+    assert buffers and set(buffers.values()) == {torch.float32}
+    again = load_model("random:llama", device="cpu", dtype="bfloat16", seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(lm.model.parameters(), again.model.parameters()))   # seeded
+    assert torch.isfinite(_logits(lm)).all()
+    monkeypatch.setattr(models, "DIRECT_BUILD_PARAMS", 10 ** 12)
+    assert "built_on" not in load_model("random:llama", device="cpu", seed=1).info
