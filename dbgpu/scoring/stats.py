@@ -218,8 +218,8 @@ def count_syncs(device):
 
 def top_kernels(prof, *, n: int = 10, device_type: str = "cpu", per: int = 1) -> list[dict]:
     """The n operators / kernels with the most self time in a finished torch.profiler run:
-    [{name, calls, ms}] with ms the self time (the device's on CUDA, the CPU's otherwise)
-    divided by `per` (e.g. the forwards profiled, for a per-forward figure)."""
+    [{name, calls, ms}] with calls and ms (the self time: the device's on CUDA, the CPU's
+    otherwise) divided by `per` (e.g. the forwards profiled, for per-forward figures)."""
     attr = "self_device_time_total" if device_type == "cuda" else "self_cpu_time_total"
     rows = []
     for evt in prof.key_averages():
@@ -228,7 +228,7 @@ def top_kernels(prof, *, n: int = 10, device_type: str = "cpu", per: int = 1) ->
             us = getattr(evt, "self_cuda_time_total", 0)
         if not us or evt.key.startswith("dbgpu."):
             continue
-        rows.append({"name": evt.key, "calls": int(evt.count) // max(per, 1), "ms": us / 1e3 / max(per, 1)})
+        rows.append({"name": evt.key, "calls": int(evt.count) / max(per, 1), "ms": us / 1e3 / max(per, 1)})
     rows.sort(key=lambda r: -r["ms"])
     return rows[:n]
 
@@ -236,7 +236,7 @@ def top_kernels(prof, *, n: int = 10, device_type: str = "cpu", per: int = 1) ->
 def kernel_table(rows: list[dict]) -> str:
     """`top_kernels` as a Markdown table."""
     lines = ["| kernel / operator | calls | self ms |", "|---|---:|---:|"]
-    lines += [f"| `{r['name'][:80]}` | {r['calls']} | {r['ms']:.3f} |" for r in rows]
+    lines += [f"| `{r['name'][:80]}` | {r['calls']:g} | {r['ms']:.3f} |" for r in rows]
     return "\n".join(lines)
 
 
