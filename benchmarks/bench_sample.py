@@ -11,6 +11,11 @@ discovered set holds that many states. One untimed warm-up step runs first at ea
 size. Settings are measured in rounds (--repeats), interleaved, and the best round is
 reported, so that a neighbour's load on a shared machine biases no setting in particular.
 On CUDA the timings are bracketed by torch.cuda.synchronize() and the peak memory is shown.
+
+--kv-caches dynamic,static[,compiled]: each batch size with each decode loop (`dbgpu.sampling`:
+the dynamic cache with row compaction, today's; the static cache; the static cache with the
+decoder under torch.compile, CUDA only), interleaved in the same rounds; the table compares
+each with the first.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1, help="interleaved rounds; the best is reported")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kv-caches", default="auto",
+                   help="comma-separated decode loops: auto, dynamic, static, compiled (static + torch.compile)")
     return p.parse_args(argv)
 
 
@@ -87,7 +94,10 @@ def main(argv=None) -> int:
     lm = load_model(args.model, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir)
     task = get_task("word100")
     states = task.seed_states(max(args.n_sources, 1))[:args.n_sources]
-    answer = model_answerer(lm, task, temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    loops = args.kv_caches.split(",")
+    answerers = {k: model_answerer(lm, task, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                   kv_cache="static" if k == "compiled" else k, compile=k == "compiled")
+                 for k in loops}
 
     def sources_for(batch: int, seed: int) -> list[str]:
         idx = np.random.default_rng([args.seed, batch, seed]).integers(len(states), size=batch)
@@ -100,26 +110,29 @@ def main(argv=None) -> int:
           f"transformers {transformers.__version__}, {torch.get_num_threads()} CPU threads")
     print(f"{args.answers} answers per setting, temperature {args.temperature}, max {args.max_new_tokens} "
           f"new tokens, sources uniform over {states}, best of {args.repeats} interleaved round(s)")
-    best: dict[int, dict] = {}
+    best: dict[tuple, dict] = {}
     for r in range(args.repeats):
         for b in batches:
-            m = measure(answer, sources_for, batch=b, answers=args.answers, device=dev, seed=1000 * r + 1)
-            print(f"  round {r}: batch {b:>5}: {m['answers_per_s']:8.2f} answers/s "
-                  f"({m['seconds']:.1f} s wall, {m['cpu_seconds']:.1f} s CPU)", flush=True)
-            if b not in best or m["answers_per_s"] > best[b]["answers_per_s"]:
-                best[b] = m
-    base = best[batches[0]]["answers_per_s"]
+            for k in loops:
+                m = measure(answerers[k], sources_for, batch=b, answers=args.answers, device=dev, seed=1000 * r + 1)
+                print(f"  round {r}: batch {b:>5}, {k:<8}: {m['answers_per_s']:8.2f} answers/s "
+                      f"({m['seconds']:.1f} s wall, {m['cpu_seconds']:.1f} s CPU)", flush=True)
+                if (b, k) not in best or m["answers_per_s"] > best[b, k]["answers_per_s"]:
+                    best[b, k] = m
+    base = best[batches[0], loops[0]]["answers_per_s"]
     print()
-    print(f"| batch | answers/s | gen tokens/s | tokens/answer | s/step | vs batch {batches[0]} |"
-          + (" peak GiB |" if dev.type == "cuda" else ""))
-    print("|---:|---:|---:|---:|---:|---:|" + ("---:|" if dev.type == "cuda" else ""))
+    print(f"| batch | KV cache | answers/s | gen tokens/s | tokens/answer | s/step | vs batch {batches[0]} | "
+          f"vs {loops[0]} |" + (" peak GiB |" if dev.type == "cuda" else ""))
+    print("|---:|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if dev.type == "cuda" else ""))
     for b in batches:
-        m = best[b]
-        row = (f"| {b} | {m['answers_per_s']:.2f} | {m['tokens_per_s']:.1f} | {m['tokens'] / m['answers']:.2f} "
-               f"| {m['seconds'] / (m['answers'] / b):.2f} | {m['answers_per_s'] / base:.1f}x |")
-        if dev.type == "cuda":
-            row += f" {m['peak_bytes'] / 2**30:.2f} |"
-        print(row)
+        for k in loops:
+            m = best[b, k]
+            row = (f"| {b} | {k} | {m['answers_per_s']:.2f} | {m['tokens_per_s']:.1f} | "
+                   f"{m['tokens'] / m['answers']:.2f} | {m['seconds'] / (m['answers'] / b):.2f} | "
+                   f"{m['answers_per_s'] / base:.1f}x | {m['answers_per_s'] / best[b, loops[0]]['answers_per_s']:.2f}x |")
+            if dev.type == "cuda":
+                row += f" {m['peak_bytes'] / 2**30:.2f} |"
+            print(row)
     return 0
 
 

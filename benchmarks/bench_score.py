@@ -22,6 +22,20 @@ one pair's sequence); peak MiB = CUDA memory allocated at the peak of that metho
 the CPU the process's peak resident set size when the method ended (the model included;
 the tree runs first, so its figure is its own).
 
+MFU: the FLOPs any exact scorer must do (bench_peak.tree_flops: the linear layers over the
+trie lower bound's positions, the head over N x (internal nodes + 1) positions, attention
+over the keys the tree's dependencies need), the same for every method, over its seconds,
+against the peak a bf16 x bf16 -> float32 GEMM reaches on this card at this model's head and
+MLP shapes, measured at the start of the run (bench_peak.measure; `MFU`), and against the
+datasheet's dense bf16 figure (`MFU sheet`). On the CPU the peak is measured in float32
+with --measure-peak (off by default there).
+
+Breakdown (tree scorer, unless --no-breakdown): the device's seconds per stage (CUDA events
+around prefix, masks, forward, head, reduction, transfer; perf_counter on the CPU), then
+one batch of sources (one forward per target chunk) run again under torch.profiler with
+its host-device synchronisations counted (`count_syncs`): syncs per forward with their
+call sites, and the top kernels of one forward (self device time per forward).
+
 --nproc K1 K2 ...: the same state set scored by `dbgpu score` under torchrun with K ranks
 of one thread each (gloo on the CPU), rows cut into blocks of --nproc-block rows shared by
 the ranks; seconds = the scoring call's wall time on rank 0 (model loading excluded), and
@@ -43,6 +57,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))          # bench_peak beside this file
+from bench_peak import datasheet_peak, measure, tree_flops  # noqa: E402
+
 from dbgpu.formatting import encode_states
 from dbgpu.provenance import versions
 from dbgpu.models import load_model
@@ -50,26 +67,33 @@ from dbgpu.scoring import ScoreStats, score_matrix, score_sequences
 from dbgpu.tasks import get_task
 from dbgpu.scoring.trie import trie_lower_bound
 
-# dense bf16 peak of common cards, for model FLOP utilisation
-PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12}
-
-
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def peak_flops(device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+def breakdown(lm, P, C, src, args) -> dict:
+    """One batch of sources (the plan's rows per forward) scored again under torch.profiler
+    with its synchronisations counted: {"syncs_per_forward", "sync_sites", "kernels" (of one
+    forward), "forwards"}."""
+    from torch.profiler import ProfilerActivity, profile
 
+    from dbgpu.scoring.stats import count_syncs, top_kernels
+    from dbgpu.scoring.tree import batch_plan
 
-def forward_flops(n_params_no_embed: int, tokens: int, logits_positions: int, hidden: int, vocab: int) -> float:
-    """Model FLOPs: 2 x non-embedding params per token + 2 x hidden x vocab per logits position
-    (attention score FLOPs are small at these lengths and left out)."""
-    return 2.0 * n_params_no_embed * tokens + 2.0 * hidden * vocab * logits_positions
+    device = lm.device
+    _, _, plan = batch_plan(lm.model, [P[i] for i in src], C, max_logits=args.max_logits)
+    rows = [P[i] for i in src[:max(1, plan.rows_per_forward)]]
+    stats = ScoreStats()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof, count_syncs(device) as syncs:
+        score_matrix(lm.model, rows, C, method="tree", pad_id=lm.tokenizer.pad_token_id, stats=stats,
+                     max_logits=args.max_logits)
+        sync(device)
+    forwards = max(stats.forward_passes, 1)
+    return {"forwards": forwards, "rows": len(rows), "syncs": syncs.syncs if syncs.supported else None,
+            "syncs_per_forward": syncs.syncs / forwards if syncs.supported else None,
+            "sync_sites": syncs.top(5), "kernels": top_kernels(prof, n=10, device_type=device.type, per=forwards)}
 
 
 @torch.inference_mode()
@@ -125,10 +149,10 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
     pad = tok.pad_token_id
     all_pairs = n * n
     bound = trie_lower_bound(P, C)
-    cfg = model.config
-    V = model.get_output_embeddings().weight.shape[0]
-    n_embed = model.get_input_embeddings().weight.numel()
-    n_body = sum(p.numel() for p in model.parameters()) - n_embed
+    from dbgpu.scoring.tree import batch_plan
+
+    shape = batch_plan(model, P[:1], C[:1])[0]
+    work = tree_flops(shape, P, C)                    # the problem's FLOPs, the same for every method
     rows = []
 
     # tree: warm up on a few sources, then all pairs (or --tree-rows seeded sources, all targets)
@@ -141,9 +165,24 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
                                                  progress=args.progress), device)
     scale = n / len(src)
     sec, stats.tokens = sec * scale, int(stats.tokens * scale)
+    d = stats.as_dict()
     rows.append(dict(method="tree", pairs=len(src) * n, seconds=sec, est=scale != 1, tokens=stats.tokens,
-                     peak=peak, max_diff=0.0, tpf=stats.extra["tokens_per_forward"],
-                     flops=forward_flops(n_body, stats.tokens, stats.logit_positions * scale, cfg.hidden_size, V)))
+                     peak=peak, max_diff=0.0, tpf=stats.extra["tokens_per_forward"], flops=work["total"],
+                     flop_parts=work, forwards=stats.forward_passes, stage_clock=d["stage_clock"],
+                     stages={k: v * scale for k, v in d["stage_device_seconds"].items()},
+                     host_stages={k: v * scale for k, v in d["stage_seconds"].items()}))
+    if scale != 1:                                    # a slice of sources: the whole run extrapolated
+        _, _, whole = batch_plan(model, P, C, max_logits=args.max_logits)
+        _, _, part = batch_plan(model, [P[i] for i in src], C, max_logits=args.max_logits)
+        once = d["stage_device_seconds"].get("prefix", 0.0)          # the shared prefix runs once, not per source
+        body = sec / scale - once                                      # the slice's own seconds
+        rows[0]["extrapolation"] = {
+            "sources_run": len(src), "sources": n, "by_sources_s": once + body * scale, "prefix_s": once,
+            "forwards_run": stats.forward_passes - 1, "plan_forwards_slice": part.forwards,
+            "plan_forwards": whole.forwards, "by_plan_s": once + body / max(part.forwards, 1) * whole.forwards}
+        rows[0]["seconds"] = sec = rows[0]["extrapolation"]["by_sources_s"]
+    if not args.no_breakdown:
+        rows[0]["breakdown"] = breakdown(lm, P, C, src, args)
     if args.tree_only:
         for r in rows:
             r.update(n=n, lower_bound=bound, tree_seconds=rows[0]["seconds"])
@@ -154,7 +193,6 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
         np.stack(np.meshgrid(np.arange(n), np.arange(n), indexing="ij"), -1).reshape(-1, 2)
     ref = tree[pairs[:, 0], pairs[:, 1]]
     per_pair_tokens = np.mean([len(P[i]) + len(C[j]) for i, j in pairs])
-    logit_pos = np.mean([len(C[j]) for _, j in pairs])      # positions a lean baseline needs logits at
 
     def add(method, fn, warm, batch=1):
         warm()
@@ -162,9 +200,7 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
         scale = all_pairs / len(pairs)
         rows.append(dict(method=method, pairs=len(pairs), seconds=s * scale, est=scale != 1,
                          tokens=int(per_pair_tokens * all_pairs), peak=pk, tpf=round(per_pair_tokens * batch),
-                         max_diff=float(np.abs(vals - ref).max()),
-                         flops=forward_flops(n_body, per_pair_tokens * len(pairs), logit_pos * len(pairs),
-                                             cfg.hidden_size, V) * scale))
+                         max_diff=float(np.abs(vals - ref).max()), flops=work["total"]))
 
     if args.batched:
         longest = max(len(P[i]) + len(C[j]) for i, j in pairs)
@@ -184,6 +220,35 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
     for r in rows:
         r.update(n=n, lower_bound=bound, tree_seconds=rows[0]["seconds"])
     return rows
+
+
+def print_breakdown(rows: list[dict], device) -> None:
+    """The tree scorer's time per stage (device seconds, all N^2 pairs), syncs per forward and
+    the top kernels of one forward."""
+    from dbgpu.scoring.stats import STAGES, kernel_table
+
+    if not rows:
+        return
+    clock = "CUDA events" if rows[0].get("stage_clock") == "cuda_events" else "perf_counter"
+    print(f"\ntree scorer, device seconds per stage ({clock}; all N^2 pairs), host-device syncs per forward:")
+    print(f"{'N':>4} " + " ".join(f"{s:>9}" for s in STAGES) + f" {'other':>9} {'total':>9} {'syncs/fwd':>9}")
+    for r in rows:
+        st = r.get("stages") or {}
+        other = r["seconds"] - sum(st.values())
+        b = r.get("breakdown") or {}
+        spf = f"{b['syncs_per_forward']:.1f}" if b.get("syncs_per_forward") is not None else "-"
+        print(f"{r['n']:>4} " + " ".join(f"{st.get(s, 0.0):>9.3f}" for s in STAGES)
+              + f" {max(other, 0.0):>9.3f} {r['seconds']:>9.3f} {spf:>9}")
+    for r in rows:
+        b = r.get("breakdown")
+        if not b:
+            continue
+        sites = ", ".join(f"{site} x{k}" for site, k in b["sync_sites"]) or ("none" if b["syncs"] is not None
+                                                                            else "not counted (no CUDA)")
+        print(f"\nN = {r['n']}: one batch of {b['rows']} sources, {b['forwards']} forwards profiled; "
+              f"sync call sites: {sites}; top kernels of one forward "
+              f"({'self device' if device.type == 'cuda' else 'self CPU'} time per forward):")
+        print(kernel_table(b["kernels"]))
 
 
 def bench_nproc(args, n: int, task) -> list[dict]:
@@ -249,6 +314,9 @@ def main(argv=None) -> int:
     ap.add_argument("--nproc", type=int, nargs="*", default=None, metavar="K",
                     help="also score with `dbgpu score` under torchrun on K ranks of one thread each (CPU)")
     ap.add_argument("--nproc-block", type=int, default=8, help="rows per block for --nproc (default 8)")
+    ap.add_argument("--measure-peak", action="store_true",
+                    help="measure the GEMM peak on the CPU too (float32; always on CUDA)")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the profiled batch (syncs, top kernels)")
     args = ap.parse_args(argv)
     if args.tree_rows and not args.tree_only:
         ap.error("--tree-rows goes with --tree-only")
@@ -262,21 +330,44 @@ def main(argv=None) -> int:
           f"[{device}], dtype {str(lm.dtype).removeprefix('torch.')}, threads {torch.get_num_threads()}, "
           f"torch {v['torch']}, transformers {v['transformers']}, python {v['python']}")
     rng = np.random.default_rng(args.seed)
+    gemm = None
+    if device.type == "cuda" or args.measure_peak:
+        from dbgpu.models import text_config
+
+        gemm = measure({args.model: text_config(lm.model)}, device=device,
+                       tokens=32768 if device.type == "cuda" else 128, iters=10 if device.type == "cuda" else 2,
+                       trials=3 if device.type == "cuda" else 1)
+        print(f"GEMM peak measured here ({gemm['dtype']}, this model's head and MLP shapes): "
+              f"{gemm['peak'] / 1e12:.2f} TFLOP/s at {gemm['peak_shape']}"
+              + (f"; datasheet {gemm['datasheet'] / 1e12:.0f} TFLOP/s" if gemm["datasheet"] else ""))
     rows = []
     for n in args.n:
         rows += bench_n(lm, task, n, args, rng)
-    peak = peak_flops(device)
+    peak = gemm["peak"] if gemm else None
+    sheet = datasheet_peak(device)
     hdr = (f"{'N':>4} {'method':<9} {'pairs run':>9} {'seconds (all N^2)':>18} {'pairs/s':>9} {'tokens':>10} "
-           f"{'tok/bound':>9} {'speed-up':>9} {'max|dlogT|':>10} {'MFU':>6} {'tok/fwd':>8} {'peak MiB':>9}")
+           f"{'tok/bound':>9} {'speed-up':>9} {'max|dlogT|':>10} {'MFU':>6} {'MFU sheet':>9} {'tok/fwd':>8} "
+           f"{'peak MiB':>9}")
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         secs = f"{r['seconds']:.2f}{' est.' if r['est'] else ''}"
-        mfu = f"{r['flops'] / r['seconds'] / peak:.1%}" if peak else "-"
+        r["mfu"] = r["flops"] / r["seconds"] / peak if peak else None
+        r["mfu_datasheet"] = r["flops"] / r["seconds"] / sheet if sheet else None
+        mfu = f"{r['mfu']:.1%}" if peak else "-"
+        mfu_sheet = f"{r['mfu_datasheet']:.1%}" if sheet else "-"
         pk = f"{r['peak'] / 2**20:.0f}" if r["peak"] is not None else "-"
         print(f"{r['n']:>4} {r['method']:<9} {r['pairs']:>9} {secs:>18} {r['n'] ** 2 / r['seconds']:>9.1f} "
               f"{r['tokens']:>10} {r['tokens'] / r['lower_bound']:>9.2f} {r['seconds'] / r['tree_seconds']:>8.1f}x "
-              f"{r['max_diff']:>10.2e} {mfu:>6} {r['tpf']:>8} {pk:>9}")
+              f"{r['max_diff']:>10.2e} {mfu:>6} {mfu_sheet:>9} {r['tpf']:>8} {pk:>9}")
+    for r in rows:
+        x = r.get("extrapolation")
+        if x:
+            print(f"N = {r['n']}: EXTRAPOLATED, not measured whole: {x['sources_run']} seeded sources of {x['sources']} "
+                  f"scored against all {r['n']} targets; all N^2 pairs: {x['by_sources_s']:.1f} s by sources "
+                  f"(x {x['sources'] / x['sources_run']:.1f}), {x['by_plan_s']:.1f} s by the plan's forward passes "
+                  f"({x['plan_forwards_slice']} for the slice, {x['plan_forwards']} for the whole run)")
+    print_breakdown([r for r in rows if r["method"] == "tree"], device)
     print("speed-up = method seconds / tree seconds; tok/bound = token positions run / token-trie lower bound; "
           "max|dlogT| = largest difference from the tree scorer on the pairs the method ran; tok/fwd = token "
           "positions per forward; peak MiB = " + ("CUDA memory allocated at the method's peak" if device.type == "cuda"
@@ -288,8 +379,8 @@ def main(argv=None) -> int:
         print_nproc(nproc)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"versions": v, "model": args.model, "device": str(device), "rows": rows, "nproc": nproc},
-                      f, indent=2)
+            json.dump({"versions": v, "model": args.model, "device": str(device), "rows": rows, "nproc": nproc,
+                       "gemm_peak": gemm, "tokenizer": lm.info.get("tokenizer")}, f, indent=2, default=str)
     return 0
 
 

@@ -74,7 +74,8 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "auto", dtype: str = 
     """Load a model and its tokenizer once, to pass to `kernel` and `exploration`.
 
     `name`: an alias (smollm2-135m, gemma3-270m), random:llama|qwen2|gemma3 (tiny random
-    weights, `seed`), a local directory, a .gguf file or a hub id. `device` auto is CUDA
+    weights, `seed`; real-size shapes such as random:llama-3.1-8b, and random:ARCH+smollm2-135m
+    for SmolLM2's BPE tokenizer), a local directory, a .gguf file or a hub id. `device` auto is CUDA
     when available; `dtype` auto is bf16 on CUDA, float32 on CPU. GGUF models are
     dequantised once (tens of seconds on a CPU) and cached under `cache_dir` (default:
     the user cache directory). `device_map` ("auto", "balanced", "balanced_low_0",
@@ -524,13 +525,15 @@ def exploration(model: LM | str, task: Task | str, *, steps: int, out: PathLike,
                 max_new_tokens: int | None = None, seed: int = 0, template: str | None = None,
                 answer_prefix: str | None = None, device: str = "auto", dtype: str = "auto",
                 cache_dir: PathLike | None = None, progress: bool = True, device_map: str | dict | None = None,
-                max_memory: str | dict | None = None, offload_dir: PathLike | None = None) -> Exploration:
+                max_memory: str | dict | None = None, offload_dir: PathLike | None = None,
+                kv_cache: str = "auto") -> Exploration:
     """Run the sampling agent for `steps` steps of `batch` queries, appending one line
     per query to out/transitions.jsonl (a second call on `out` continues the run): what
     `dbgpu explore` does (`commands.explore.explore_job`). Pure temperature sampling;
     `protocol` paper (sources drawn from the discovered states) or walk. Cost: `steps`
     batched generations of at most `max_new_tokens` tokens. `device_map`, `max_memory`,
-    `offload_dir`: as for `load_model`, when `model` is a name."""
+    `offload_dir`: as for `load_model`, when `model` is a name. `kv_cache`: the sampler's
+    decode loop (auto: static on CUDA, dynamic elsewhere; `dbgpu.sampling`)."""
     from dbgpu.commands.explore import explore_job
     from dbgpu.models import placement
     from dbgpu.tasks import task_spec
@@ -539,7 +542,7 @@ def exploration(model: LM | str, task: Task | str, *, steps: int, out: PathLike,
     t = _task(task, template=template, answer_prefix=answer_prefix)
     res = explore_job(model=name, task=t, steps=steps, out=out, protocol=protocol, batch=batch, start=start,
                       temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, device=device,
-                      dtype=dtype, cache_dir=cache_dir, progress=progress, lm=lm,
+                      dtype=dtype, cache_dir=cache_dir, progress=progress, lm=lm, kv_cache=kv_cache,
                       placement=placement(device_map=device_map, max_memory=max_memory, offload_dir=offload_dir))
     return Exploration(dir=Path(out), log=Path(res["log"]), task=task_spec(t), model=name,
                        first_step=res["first_step"], steps=res["steps"], summary=res["summary"],

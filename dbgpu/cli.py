@@ -33,8 +33,9 @@ TASK_HELP = ("a built-in task (word100, formula), package.module:Name (a task cl
 def _model_options(p: argparse.ArgumentParser, *, default_model: str | None = None) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=default_model is None, default=default_model,
-                   help="alias (smollm2-135m, gemma3-270m), random:llama|qwen2|gemma3, local dir, "
-                        ".gguf file or hub id" + (f" (default {default_model})" if default_model else ""))
+                   help="alias (smollm2-135m, gemma3-270m), random:ARCH (llama, qwen2, gemma3, qwen2-0.5b, "
+                        "llama-3.2-1b, llama-3.1-8b, qwen2.5-7b, gemma-3-4b; random:ARCH+smollm2-135m: "
+                        "with SmolLM2's BPE tokenizer), local dir, .gguf file or hub id" + (f" (default {default_model})" if default_model else ""))
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     g.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     g.add_argument("--cache-dir", default=None, help="where dequantised GGUF models are cached "
@@ -167,7 +168,9 @@ def _dry_run(args, task, states) -> int:
                  dtype=args.dtype, cache_dir=args.cache_dir, batch_tokens=args.batch_tokens,
                  max_logits=args.max_logits, rows_per_block=args.rows_per_block, surface_forms=args.surface_forms)
     plan = p["plan"]
-    print(plan_table(plan, title=f"dry run: {args.model} ({p['resolved']['path']}), {p['n_states']} states, "
+    tok = p["resolved"].get("tokenizer")
+    tok = f", {tok['kind']} tokenizer of {tok['size']:,} tokens" if tok else ""
+    print(plan_table(plan, title=f"dry run: {args.model} ({p['resolved']['path']}{tok}), {p['n_states']} states, "
                                  f"method {plan['method']}, {plan['device_type']} defaults, {p['dtype']}; "
                                  f"nothing loaded or written"))
     return 0
@@ -410,6 +413,9 @@ def _add_explore(sub) -> None:
                    help=f"longer answers are truncated and rejected (default: the task's, word100 "
                         f"{DEFAULT_MAX_NEW_TOKENS}, formula 48)")
     p.add_argument("--seed", type=int, default=0, help="same seed, model and device: the same log (default 0)")
+    p.add_argument("--kv-cache", choices=("auto", "dynamic", "static"), default="auto",
+                   help="the sampler's decode loop: auto (static on CUDA, dynamic elsewhere), dynamic (finished "
+                        "rows leave the batch), static (fixed shapes, transformers StaticCache)")
     _threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_explore)
@@ -424,7 +430,7 @@ def _cmd_explore(args) -> int:
                       batch=args.batch, start=args.start, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, seed=args.seed, device=args.device,
                       dtype=args.dtype, cache_dir=args.cache_dir, placement=_placement(args),
-                      progress=not args.quiet)
+                      progress=not args.quiet, kv_cache=args.kv_cache)
     print(summary_text(res["summary"], steps=(res["first_step"], res["first_step"] + res["steps"]),
                        n_discovered=len(res["discovered"]), path=res["log"]))
     return 0

@@ -203,8 +203,10 @@ def cannot_become_a_state(task: Task, text: str) -> bool:
     return bool(hopeless(text)) if hopeless is not None else False
 
 
-def model_answerer(lm, task: Task, *, temperature: float, max_new_tokens: int):
-    """answer(sources, sample_seed) -> Answers: one batched `sample_answers` call per step.
+def model_answerer(lm, task: Task, *, temperature: float, max_new_tokens: int, kv_cache: str = "auto",
+                   compile: bool = False):
+    """answer(sources, sample_seed) -> Answers: one batched `sample_answers` call per step
+    (kv_cache, compile: its decode loop, see `dbgpu.sampling`).
 
     Prompt ids are computed once per state (chat templates are slow). Answers that can no
     longer become a state are abandoned as soon as that is certain (`cannot_become_a_state`):
@@ -232,7 +234,8 @@ def model_answerer(lm, task: Task, *, temperature: float, max_new_tokens: int):
         samples = sample_answers(lm.model, [prompt_ids[f] for f in sources], temperature=temperature,
                                  max_new_tokens=max_new_tokens, stop_ids=stop_ids,
                                  pad_id=tok.pad_token_id, generator=gen,
-                                 give_up=give_up if hasattr(task, "hopeless") else None)
+                                 give_up=give_up if hasattr(task, "hopeless") else None,
+                                 kv_cache=kv_cache, compile=compile)
         return Answers(texts=tok.batch_decode([s.ids for s in samples], skip_special_tokens=False),
                        stopped=[s.stopped for s in samples],
                        tokens=sum(len(s.ids) + s.stopped for s in samples))

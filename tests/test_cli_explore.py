@@ -57,6 +57,19 @@ def test_two_calls_equal_one_call_of_twice_the_steps(tmp_path, capsys):
     assert len({json.loads(x)["answer"] for x in lines(tmp_path / "one")}) > 6   # really sampled
 
 
+def test_the_static_kv_cache_runs_the_same_agent(tmp_path, capsys):
+    """--kv-cache static on the CPU: a log of the same shape and the loop recorded per call.
+    (Draws differ from the dynamic loop's once finished rows leave the dynamic batch: the
+    two consume the generator differently; test_sampling checks both against the softmax.)"""
+    code, _, err = explore(capsys, tmp_path / "s", "--kv-cache", "static", steps=2)
+    assert code == 0, err
+    assert len(lines(tmp_path / "s")) == 2 * 3
+    meta = json.loads((tmp_path / "s" / "explore.json").read_text())
+    assert meta["calls"][0]["kv_cache"] == "static"
+    assert explore(capsys, tmp_path / "d", steps=1)[0] == 0
+    assert json.loads((tmp_path / "d" / "explore.json").read_text())["calls"][0]["kv_cache"] == "dynamic"
+
+
 def test_same_seed_same_log_other_seed_other_log(tmp_path, capsys):
     for name, seed in [("a", 1), ("b", 1), ("c", 2)]:
         assert explore(capsys, tmp_path / name, "--protocol", "walk", seed=seed, model="random:gemma3")[0] == 0

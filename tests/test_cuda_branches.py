@@ -1,7 +1,8 @@
 """Every CUDA-only branch, forced on the CPU, so that a first run on a GPU finds as little
 as possible new: segment sums in graph.py (and the fit and the power iteration through
 them), peak-memory bookkeeping, stage synchronisation, cache release after an
-out-of-memory error. (The head's float32-output GEMM is forced in test_head.py.)"""
+out-of-memory error, CUDA-event stage timing and synchronisation counting. (The head's
+float32-output GEMM is forced in test_head.py.)"""
 
 from __future__ import annotations
 
@@ -78,13 +79,47 @@ class _FakeCuda:
         self.calls.append(("empty", None))
 
 
+class _FakeEvents:
+    """torch.cuda.Event / current_stream stand-ins: an event records the fake device clock
+    `now`, which the test advances as if the GPU did that much work behind the host."""
+
+    def __init__(self):
+        self.now, self.waits, self.streams = 0.0, 0, []
+        fake = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                assert enable_timing
+
+            def record(self, stream=None):
+                fake.streams.append(stream)
+                self.t = fake.now
+
+            def synchronize(self):
+                fake.waits += 1
+
+            def elapsed_time(self, end):
+                return (end.t - self.t) * 1e3               # milliseconds, as CUDA reports
+
+        self.Event = Event
+
+    def current_stream(self, device=None):
+        return f"stream of {device}"
+
+
+def _patch_cuda(monkeypatch, fake, events):
+    for name in ("reset_peak_memory_stats", "max_memory_allocated", "synchronize", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    monkeypatch.setattr(torch.cuda, "Event", events.Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", events.current_stream)
+
+
 def test_memory_bookkeeping_and_stage_sync_on_a_cuda_device(monkeypatch):
     from dbgpu.devices import empty_cache
     from dbgpu.scoring import ScoreStats
 
     fake = _FakeCuda(peak=123)
-    for name in ("reset_peak_memory_stats", "max_memory_allocated", "synchronize", "empty_cache"):
-        monkeypatch.setattr(torch.cuda, name, getattr(fake, name))
+    _patch_cuda(monkeypatch, fake, _FakeEvents())
     dev = torch.device("cuda:0")
     stats = ScoreStats(sync=True)
     stats.begin(dev)
@@ -104,6 +139,58 @@ def test_memory_bookkeeping_and_stage_sync_on_a_cuda_device(monkeypatch):
         pass
     cpu.record_peak_memory(torch.device("cpu"))
     assert cpu.peak_memory_bytes is None and len(fake.calls) == 6       # nothing on the CPU
+
+
+def test_stages_are_timed_by_cuda_events_on_a_cuda_device(monkeypatch):
+    """On CUDA a stage's device seconds are the events' (the GPU's time, here 0.5 s and
+    0.25 s of fake device work), not the host's (microseconds: the host only launched);
+    reading them waits on events, never a device-wide synchronize unless sync is asked."""
+    from dbgpu.scoring import ScoreStats
+    from dbgpu.scoring.stats import CudaEventClock, WallClock, device_clock
+
+    fake, events = _FakeCuda(peak=1), _FakeEvents()
+    _patch_cuda(monkeypatch, fake, events)
+    dev = torch.device("cuda:0")
+    assert isinstance(device_clock(dev), CudaEventClock) and isinstance(device_clock(torch.device("cpu")), WallClock)
+    stats = ScoreStats()
+    for work in (0.5, 0.25):
+        with stats.stage("forward", dev):
+            events.now += work
+    with stats.stage("head", dev):
+        events.now += 0.125
+    assert events.waits == 0                                 # nothing read before the call's end
+    d = stats.as_dict()
+    assert d["stage_clock"] == "cuda_events" and events.waits == 3
+    assert d["stage_device_seconds"] == pytest.approx({"forward": 0.75, "head": 0.125}, abs=1e-12)  # exact sums of binary fractions
+    assert d["stage_seconds"]["forward"] < 0.5                 # the host's time is not the device's
+    assert set(events.streams) == {"stream of cuda:0"} and fake.calls == []   # no synchronize added
+    assert stats.as_dict()["stage_device_seconds"]["forward"] == pytest.approx(0.75, abs=1e-12)  # read once
+
+
+def test_synchronisations_are_counted_with_their_call_sites(monkeypatch):
+    """count_syncs on CUDA: sync debug mode 'warn' while the block runs, every synchronising
+    call's warning counted at its line, the previous mode restored; on the CPU nothing."""
+    import warnings
+
+    from dbgpu.scoring.stats import count_syncs
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+
+    def item():                                   # what torch warns from an .item() under mode "warn"
+        warnings.warn("called a synchronizing CUDA operation", UserWarning)
+
+    with count_syncs(torch.device("cuda:0")) as n:
+        item()
+        item()
+        warnings.warn("something else")           # not a synchronisation
+    assert modes == ["warn", 0] and n.supported and n.syncs == 2
+    (site, count), = n.top()
+    assert site.startswith("test_cuda_branches.py:") and count == 2
+    with count_syncs(torch.device("cpu")) as cpu, pytest.warns(UserWarning):
+        item()
+    assert not cpu.supported and cpu.syncs == 0 and modes == ["warn", 0]
 
 
 def test_scorers_reset_the_peak_before_they_measure(tiny_lms, word_task, monkeypatch):

@@ -182,7 +182,8 @@ def scripted_sampler(monkeypatch, tiny_lms):
     tok = tiny_lms("llama").tokenizer
     eot = tok.convert_tokens_to_ids("<|im_end|>")
 
-    def fake(model, prompts, *, temperature, max_new_tokens, stop_ids, pad_id, generator, give_up=None):
+    def fake(model, prompts, *, temperature, max_new_tokens, stop_ids, pad_id, generator, give_up=None,
+             kv_cache="auto", compile=False):
         pick = torch.randint(len(WORDS), (len(prompts),), generator=generator).tolist()
         cut = (torch.rand(len(prompts), generator=generator) < 0.125).tolist()
         return [Sample(ids=tok(WORDS[i], add_special_tokens=False).input_ids, stopped=not c,

@@ -198,3 +198,119 @@ def test_the_gguf_readers_bar_is_off_only_inside_the_call(capfd):
         pass
     assert "de-quantizing" in capfd.readouterr().err         # the check above could fail
 
+
+# ----------------------------------------------------------------------------- real-size shapes
+
+
+@pytest.mark.parametrize("arch, n_params, embed", [
+    # published parameter counts: Llama-3.1-8B 8,030,261,248 and Qwen2.5-7B 7,615,616,512 (model cards);
+    # Gemma 3 4B's text model 671M embedding + 3,209M non-embedding (Gemma 3 report, table 1)
+    ("llama-3.1-8b", 8_030_261_248, None), ("qwen2.5-7b", 7_615_616_512, None), ("gemma-3-4b", None, 3_209e6)])
+def test_real_size_shapes_have_the_published_parameter_counts(arch, n_params, embed):
+    """Built on the meta device (no memory): the parameter count is the published model's."""
+    from transformers import AutoModelForCausalLM
+
+    from dbgpu.models import random_config
+
+    config, _ = random_config(arch)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())
+    if n_params is not None:
+        assert total == n_params
+    else:                                   # non-embedding count, rounded to millions in the report
+        body = total - model.get_input_embeddings().weight.numel()
+        assert abs(body - embed) < 0.5e6, body
+
+
+def test_gemma_3_4b_has_five_local_layers_to_one_global_with_its_ropes():
+    from dbgpu.models import random_config
+
+    config, _ = random_config("gemma-3-4b")
+    kinds = config.layer_types
+    assert len(kinds) == 34 and kinds[5] == kinds[11] == "full_attention" and kinds.count("full_attention") == 5
+    assert config.sliding_window == 1024 and config.head_dim == 256 and config.vocab_size == 262208
+    assert config.rope_parameters["full_attention"] == {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}
+    assert config.rope_parameters["sliding_attention"]["rope_theta"] == 1e4
+
+
+def test_a_random_model_with_smollm2_tokenizer_keeps_its_vocabulary(model_cache, word_task):
+    """random:ARCH+smollm2-135m: SmolLM2's BPE tokens (the real model's ids for the same text),
+    the head the architecture's own size; meta-style record says which tokenizer."""
+    from dbgpu.formatting import encode, prompt_text
+    from dbgpu.models import alias_tokenizer
+
+    lm = load_model("random:llama+smollm2-135m", device="cpu", cache_dir=model_cache)
+    real = alias_tokenizer("smollm2-135m", cache_dir=model_cache)            # from the tokenizer cache now
+    assert (model_cache / "tokenizers").is_dir()
+    text = prompt_text(lm.tokenizer, word_task, "BUZZY")
+    ids = encode(lm.tokenizer, text)
+    assert ids == encode(real, text) and len(ids) < len(text.encode()) / 2   # BPE: far fewer than bytes
+    assert lm.info["tokenizer"]["kind"] == "smollm2-135m" and lm.info["tokenizer"]["size"] == 49152
+    assert lm.model.get_output_embeddings().weight.shape[0] == 49152          # rounded up to 64: already is
+    big_config, big_tok, resolved = __import__("dbgpu.models", fromlist=["x"]).model_config(
+        "random:llama-3.1-8b+smollm2-135m", cache_dir=model_cache)
+    assert big_config.vocab_size == 128256 and len(big_tok) == 49152
+    assert resolved["tokenizer"]["kind"] == "smollm2-135m"
+    from dbgpu.cli import main
+
+    out = model_cache.parent / "score-smollm2-tokenizer"
+    assert main(["score", "--model", "random:llama+smollm2-135m", "--task", "word100", "--state-list",
+                 "ATTITUDE,BUZZY", "--out", str(out), "--device", "cpu", "--quiet",
+                 "--cache-dir", str(model_cache)]) == 0
+    import json
+
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tokenizer"]["kind"] == "smollm2-135m" and meta["model"] == "random:llama+smollm2-135m"
+    with pytest.raises(DbgpuError, match="unknown tokenizer"):
+        resolve_model("random:llama+gpt2")
+    with pytest.raises(DbgpuError, match="unknown random architecture"):
+        resolve_model("random:llama-9b+smollm2-135m")
+
+
+def test_dry_run_plans_the_8b_on_cuda_without_building_it(tmp_path, capsys, monkeypatch, model_cache):
+    """`score --dry-run --device cuda` on the 8B shape: config + tokenizer only. Every way
+    to materialise a model is made to fail, so a dry run that built one would not pass."""
+    import transformers
+
+    import dbgpu.models as models
+    from dbgpu.cli import main
+
+    def no_weights(*a, **k):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(models, "random_model", no_weights)
+    monkeypatch.setattr(models, "load_model", no_weights)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", no_weights)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    for arch in ("llama-3.1-8b+smollm2-135m", "qwen2.5-7b", "gemma-3-4b+smollm2-135m"):
+        out = tmp_path / "score"
+        code = main(["score", "--model", f"random:{arch}", "--task", "word100", "--state-list",
+                     "ATTITUDE,BUZZY,TURKEY", "--out", str(out), "--device", "cuda", "--dry-run",
+                     "--cache-dir", str(model_cache)])
+        stdout = capsys.readouterr().out
+        assert code == 0 and not out.exists(), arch
+        assert "cuda defaults" in stdout and "bfloat16" in stdout
+        if arch.startswith("llama"):
+            # 8,030,261,248 bf16 parameters = 15,316 MiB (the plan's weights line)
+            assert "smollm2-135m tokenizer of 49,152 tokens" in stdout
+            assert "| weights | 15,316 MiB |" in stdout, stdout
+
+
+def test_a_large_random_model_is_built_on_its_device_in_its_dtype(monkeypatch):
+    """Above DIRECT_BUILD_PARAMS a random model is built where it runs, in its dtype (no float32
+    copy on the CPU): forced here on a tiny model. It is the model transformers builds in that
+    dtype: bf16 weights, the rotary frequencies float32 (as cast_parameters keeps them)."""
+    import dbgpu.models as models
+
+    monkeypatch.setattr(models, "DIRECT_BUILD_PARAMS", 0)
+    lm = load_model("random:llama", device="cpu", dtype="bfloat16", seed=1)
+    assert lm.info["built_on"] == "cpu"
+    assert {p.dtype for p in lm.model.parameters()} == {torch.bfloat16}
+    buffers = {n: b.dtype for n, b in lm.model.named_buffers() if "inv_freq" in n}
+    assert buffers and set(buffers.values()) == {torch.float32}
+    again = load_model("random:llama", device="cpu", dtype="bfloat16", seed=1)
+    assert all(torch.equal(a, b) for a, b in zip(lm.model.parameters(), again.model.parameters()))   # seeded
+    assert torch.isfinite(_logits(lm)).all()
+    monkeypatch.setattr(models, "DIRECT_BUILD_PARAMS", 10 ** 12)
+    assert "built_on" not in load_model("random:llama", device="cpu", seed=1).info

@@ -16,7 +16,11 @@ from dbgpu.sampling import sample_answers
 from dbgpu.scoring import score_matrix
 
 
-def test_first_token_frequencies_match_softmax(tiny_lms, word_task):
+KV_CACHES = ["dynamic", "static"]
+
+
+@pytest.mark.parametrize("kv_cache", KV_CACHES)
+def test_first_token_frequencies_match_softmax(tiny_lms, word_task, kv_cache):
     """One-token answers from the sampler follow softmax(z / tau) of a plain forward."""
     lm = tiny_lms("qwen2")
     tok = lm.tokenizer
@@ -24,7 +28,7 @@ def test_first_token_frequencies_match_softmax(tiny_lms, word_task):
     tau, n = 0.3, 3000
     g = torch.Generator().manual_seed(0)
     samples = sample_answers(lm.model, [P] * n, temperature=tau, max_new_tokens=1, stop_ids=[],
-                             pad_id=tok.pad_token_id, generator=g)
+                             pad_id=tok.pad_token_id, generator=g, kv_cache=kv_cache)
     with torch.no_grad():
         z = lm.model(input_ids=torch.tensor([P])).logits[0, -1].double()
     p = torch.softmax(z / tau, -1).numpy()
@@ -47,7 +51,8 @@ def test_sampler_is_deterministic_for_a_seed(tiny_lms, word_task):
     assert draw(7) != draw(8)
 
 
-def test_batched_sampling_matches_single_prompt_distribution(tiny_lms, word_task):
+@pytest.mark.parametrize("kv_cache", KV_CACHES)
+def test_batched_sampling_matches_single_prompt_distribution(tiny_lms, word_task, kv_cache):
     """Mixed prompts in one batch (prefill dedup + cache gather) give each slot its own prompt's
     next-token distribution: the second token after a fixed first token follows a plain forward."""
     lm = tiny_lms("llama")
@@ -57,7 +62,7 @@ def test_batched_sampling_matches_single_prompt_distribution(tiny_lms, word_task
     n, tau = 1500, 0.25
     g = torch.Generator().manual_seed(1)
     samples = sample_answers(lm.model, [pa, pb] * n, temperature=tau, max_new_tokens=2, stop_ids=[],
-                             pad_id=tok.pad_token_id, generator=g)
+                             pad_id=tok.pad_token_id, generator=g, kv_cache=kv_cache)
     b_samples = samples[1::2]
     with torch.no_grad():
         z = lm.model(input_ids=torch.tensor([pb])).logits[0, -1].double()
@@ -104,14 +109,20 @@ def test_hf_generate_samples_agree_with_exact_kernel(smollm2, word_task):
 
 
 @pytest.mark.slow
-def test_dbgpu_sampler_agrees_with_exact_kernel(smollm2, word_task):
-    lm, task, tau, n = smollm2, word_task, 0.6, 400
+@pytest.mark.parametrize("kv_cache", KV_CACHES)
+def test_dbgpu_sampler_agrees_with_exact_kernel(smollm2, word_task, kv_cache):
+    _sampler_agrees_with_exact_kernel(smollm2, word_task, kv_cache=kv_cache)
+
+
+def _sampler_agrees_with_exact_kernel(lm, task, *, kv_cache: str, compile: bool = False):
+    """Sampled complete answers from BUZZY's prompt against exp(log T) of the tree scorer."""
+    tau, n = 0.6, 400
     tok = lm.tokenizer
     P = encode(tok, prompt_text(tok, task, "BUZZY"))
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator(device=lm.device).manual_seed(5)
     samples = sample_answers(lm.model, [P] * n, temperature=tau, max_new_tokens=6,
                              stop_ids=[tok.convert_tokens_to_ids(end_of_turn_text(tok))],
-                             pad_id=tok.pad_token_id, generator=g)
+                             pad_id=tok.pad_token_id, generator=g, kv_cache=kv_cache, compile=compile)
     done = [tuple(s.ids) for s in samples if s.stopped]
     words = sorted({task.parse(tok.decode(list(a))) for a in done} - {None})
     cont = {w: tuple(encode(tok, task.render(w))) for w in words}
@@ -136,8 +147,9 @@ def _greedy_reference(model, prompt: list[int], *, steps: int, stop_ids: set, gi
     return out
 
 
+@pytest.mark.parametrize("kv_cache", KV_CACHES)
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
-def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(tiny_lms, word_task, arch):
+def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(tiny_lms, word_task, arch, kv_cache):
     """Near-greedy sampling (tau = 1e-3) is deterministic, so every row must equal its own
     plain-forward argmax continuation, whatever rows stop, are given up on or are dropped
     from the batch (and the KV cache) around it."""
@@ -153,7 +165,7 @@ def test_rows_that_finish_early_leave_the_batch_without_changing_the_others(tiny
                                   give_up_after=2 if i == quit_row else None) for i, p in enumerate(prompts)]
     samples = sample_answers(lm.model, prompts, temperature=1e-3, max_new_tokens=6, stop_ids=sorted(stop_ids),
                              pad_id=tok.pad_token_id, generator=torch.Generator().manual_seed(0),
-                             give_up=give_up)
+                             give_up=give_up, kv_cache=kv_cache)
     assert len(expected[0]) == 2 and len(expected[2]) <= 4 and len(expected[quit_row]) == 2
     for i, (s, e) in enumerate(zip(samples, expected)):
         if e[-1] in stop_ids:
@@ -209,3 +221,67 @@ def test_draw_tokens_follows_the_softmax_and_never_draws_impossible_tokens():
     # deterministic for a generator state
     a = draw_tokens(logits, temperature=1.0, generator=torch.Generator().manual_seed(9))
     assert torch.equal(a, draw_tokens(logits, temperature=1.0, generator=torch.Generator().manual_seed(9)))
+
+
+@pytest.mark.parametrize("arch, window", [("llama", None), ("qwen2", None), ("gemma3", None), ("gemma3", "longer")])
+def test_static_cache_draws_the_dynamic_cache_answers(arch, window, word_task):
+    """With no row compaction both loops draw one uniform per row per step, so for one
+    generator state they must give the same answers token for token (their logits agree to
+    float rounding). gemma3 with window 8 (< the prompts): the plain prefill straight into
+    the static cache; with a window 16 tokens longer than the longest prompt (< prompt +
+    answer): the shared prefill copied in, then the sliding layers' buffers roll during
+    the decode."""
+    from dbgpu.formatting import stop_token_ids
+    from dbgpu.models import byte_tokenizer, load_model, random_model
+
+    words = ["BUZZY", "TURKEY", "ATTITUDE", "BUZZY", "AT"]
+    if window is None:
+        lm = load_model(f"random:{arch}", device="cpu", seed=0)
+        model, tok = lm.model, lm.tokenizer
+    else:
+        tok = byte_tokenizer(chat=False)
+        window = max(len(encode(tok, prompt_text(tok, word_task, w))) for w in words) + 16
+        model, tok = random_model(arch, seed=0, overrides={"sliding_window": window})
+    prompts = [encode(tok, prompt_text(tok, word_task, w)) for w in words]
+    runs = {}
+    for kv in KV_CACHES:
+        g = torch.Generator().manual_seed(3)
+        runs[kv] = [(s.ids, s.stopped, s.stop_id) for s in sample_answers(
+            model, prompts, temperature=1.0, max_new_tokens=40 if window else 12, stop_ids=stop_token_ids(tok),
+            pad_id=tok.pad_token_id, generator=g, compact_at=0.0, kv_cache=kv)]
+    assert runs["static"] == runs["dynamic"]
+    assert len({tuple(r[0]) for r in runs["static"]}) > 1                   # not all the same answer
+    if window is not None:                                                   # the decode went past the window
+        assert max(len(r[0]) for r in runs["static"]) > 16
+
+
+def test_kv_cache_choice_by_device_and_bad_values():
+    from dbgpu.errors import DbgpuError
+    from dbgpu.sampling import resolve_kv_cache
+
+    assert resolve_kv_cache("auto", torch.device("cuda")) == "static"
+    assert resolve_kv_cache("auto", torch.device("cpu")) == "dynamic"
+    assert resolve_kv_cache("static", torch.device("cpu")) == "static"
+    with pytest.raises(DbgpuError, match="unknown KV cache"):
+        resolve_kv_cache("paged", torch.device("cpu"))
+
+
+def test_compiled_decoding_is_refused_off_cuda(tiny_lms, word_task):
+    from dbgpu.errors import DbgpuError
+
+    lm = tiny_lms("llama")
+    P = encode(lm.tokenizer, prompt_text(lm.tokenizer, word_task, "BUZZY"))
+    with pytest.raises(DbgpuError, match="static KV cache on a CUDA"):
+        sample_answers(lm.model, [P], temperature=1.0, max_new_tokens=2, stop_ids=[], pad_id=0,
+                       generator=torch.Generator(), kv_cache="static", compile=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("kv_cache, compile", [("dynamic", False), ("static", False), ("static", True)])
+def test_dbgpu_sampler_agrees_with_exact_kernel_on_cuda(model_cache, word_task, kv_cache, compile):
+    """The chi-square test against exp(log T) on CUDA, in bf16, each decode loop."""
+    from dbgpu.models import load_model
+
+    lm = load_model("smollm2-135m", device="cuda", dtype="bfloat16", cache_dir=model_cache)
+    _sampler_agrees_with_exact_kernel(lm, word_task, kv_cache=kv_cache, compile=compile)

@@ -109,12 +109,12 @@ def reuse_problem(run_dir: Path, *, states: list[str], meta_wanted: dict, prompt
 def _tokenizer(model: str, cache_dir):
     """The model's tokenizer without its weights, or None where that would cost loading
     the model (a GGUF file not yet dequantised into the cache, an unreachable hub id)."""
-    from dbgpu.models import RANDOM_CONFIGS, byte_tokenizer, default_cache_dir, gguf_cache_path, resolve_model
+    from dbgpu.models import default_cache_dir, gguf_cache_path, random_tokenizer, resolve_model
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     r = resolve_model(model, cache_dir=cache)
     if r["kind"] == "random":
-        return byte_tokenizer(chat=RANDOM_CONFIGS[r["path"].split(":", 1)[1]]["chat"])
+        return random_tokenizer(model, cache_dir=cache)[0]
     path = gguf_cache_path(Path(r["path"]), cache) if r["kind"] == "gguf" else r["path"]
     if r["kind"] == "gguf" and not (Path(path) / "config.json").is_file():
         return None

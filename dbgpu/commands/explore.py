@@ -147,12 +147,15 @@ def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol
                 batch: int = DEFAULT_BATCH, start: str | None = None,
                 temperature: float = DEFAULT_TEMPERATURE, max_new_tokens: int | None = None,
                 seed: int = 0, device="auto", dtype="auto", cache_dir=None, placement: dict | None = None,
-                progress: bool = True, lm=None) -> dict:
+                progress: bool = True, lm=None, kv_cache: str = "auto") -> dict:
     """Run `steps` steps of `batch` queries, appending to out/transitions.jsonl (continuing
     a run already there). Returns this call's record: steps done, summary, discovered states.
     `max_new_tokens` None: the task's own `max_new_tokens` if it has one, else 10. placement:
-    big-model dispatch options for `load_model` (device_map, max_memory, offload_dir)."""
+    big-model dispatch options for `load_model` (device_map, max_memory, offload_dir).
+    kv_cache: the sampler's decode loop (auto: static on CUDA, dynamic elsewhere; recorded
+    in the call's record, not a binding setting)."""
     from dbgpu.formatting import TEMPLATE_DATE
+    from dbgpu.sampling import KV_CACHES
     from dbgpu.provenance import environment, model_record
 
     if max_new_tokens is None:
@@ -162,6 +165,8 @@ def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol
     check_options(steps=steps, batch=batch, protocol=protocol, temperature=temperature,
                   max_new_tokens=max_new_tokens, seed=seed)
     start = check_start(task, start)
+    if kv_cache not in KV_CACHES:
+        raise DbgpuError(f"unknown --kv-cache {kv_cache!r} (use {', '.join(KV_CACHES)})")
     out = check_out_dir(out)
     settings = run_settings(model=model, task=task, protocol=protocol, batch=batch, start=start,
                             temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
@@ -180,7 +185,11 @@ def explore_job(*, model: str, task: Task, steps: int, out: str | Path, protocol
                 "dtype": str(lm.dtype).removeprefix("torch."), "started": utc_now(),
                 "provenance": environment(lm.device), "model_record": model_record(lm),
                 "chat_template_date": TEMPLATE_DATE.isoformat()}
-        answer = model_answerer(lm, task, temperature=temperature, max_new_tokens=max_new_tokens)
+        from dbgpu.sampling import resolve_kv_cache
+
+        call["kv_cache"] = resolve_kv_cache(kv_cache, lm.device)
+        answer = model_answerer(lm, task, temperature=temperature, max_new_tokens=max_new_tokens,
+                                kv_cache=call["kv_cache"])
         tally = Tally(invalid_state=task.invalid_state)
         try:
             _explore_steps(task, frontier, answer, log=out / LOG_NAME, protocol=protocol, seed=seed,

@@ -14,7 +14,9 @@ prompts' hash and the date chat templates were rendered with.
 
 `--profile DIR` runs this call's scoring under torch.profiler: DIR/trace.json (Chrome /
 Perfetto trace, the scorer's stages labelled `dbgpu.<stage>`) and DIR/stages.md (time per
-stage, tokens/s); each stage ends with a CUDA synchronize so its time is the device's.
+stage, host and device (CUDA events), tokens/s; the host-device synchronisations per
+forward and where they come from; the top kernels); each stage ends with a CUDA
+synchronize so its wall time is the device's. meta.json's `profile` holds the same.
 """
 
 from __future__ import annotations
@@ -54,16 +56,22 @@ def check_score_options(*, temperature: float, method: str, max_logits: int | No
 
 @contextlib.contextmanager
 def profiled(out: Path | None, device):
-    """torch.profiler around the block when `out` is a directory (CPU, plus CUDA on a GPU);
-    the Chrome trace is written to out/trace.json (atomically) when the block ends."""
+    """torch.profiler around the block when `out` is a directory (CPU, plus CUDA on a GPU),
+    with its host-device synchronisations counted (`count_syncs`); the Chrome trace is
+    written to out/trace.json (atomically) when the block ends. Yields a dict that then
+    holds {"syncs": SyncCount, "kernels": top_kernels rows (totals over the block)}."""
+    found: dict = {}
     if out is None:
-        yield
+        yield found
         return
     from torch.profiler import ProfilerActivity, profile
 
+    from dbgpu.scoring.stats import count_syncs, top_kernels
+
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        yield
+    with profile(activities=activities) as prof, count_syncs(device) as syncs:
+        yield found
+    found.update(syncs=syncs, kernels=top_kernels(prof, n=10, device_type=device.type))
     tmp = out / ".trace.json.tmp"
     prof.export_chrome_trace(str(tmp))
     os.replace(tmp, out / "trace.json")
@@ -260,7 +268,7 @@ def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, se
                         n_params=sum(p.numel() for p in lm.model.parameters()))
     weight = np.array([sum(len(enc.prompt_ids[i]) for i in b) for b in blocks], dtype=float)
     mine = shards.assign_blocks(missing, weight, ranks.world)[ranks.rank]
-    with profiled(ensure_out_dir(profile) if profile and ranks.main else None, lm.device):
+    with profiled(ensure_out_dir(profile) if profile and ranks.main else None, lm.device) as found:
         _score_blocks(lm, enc, blocks, mine, out, call=call, options=options, progress=progress and ranks.main,
                       sync=profile is not None)
     dd.barrier(ranks)
@@ -271,18 +279,37 @@ def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, se
     meta = _assemble(lm, task, states, out, enc=enc, job=job, template_path=template_path,
                      temperature=options["temperature"], method=options["method"], plan=plan)
     if profile is not None:
-        _write_profile(meta, profile, call=call)
+        _write_profile(meta, profile, call=call, found=found, out=out)
     return meta
 
 
-def _write_profile(meta: dict, profile: Path, *, call: int) -> None:
-    """stages.md (this call's blocks) beside the trace; the table goes into the returned meta."""
+def _write_profile(meta: dict, profile: Path, *, call: int, found: dict, out: Path) -> None:
+    """stages.md (this call's blocks) beside the trace: time per stage, synchronisations per
+    forward and their call sites, the top kernels; the same goes into meta.json's `profile`."""
     from dbgpu.io import write_text_atomic
-    from dbgpu.scoring.stats import stage_table
+    from dbgpu.scoring.stats import kernel_table, stage_table
 
-    table = stage_table(meta["scoring_calls"][str(call)])
-    meta["profile"] = {"dir": str(profile), "trace": str(profile / "trace.json"), "table": table}
-    write_text_atomic(profile / "stages.md", table + "\n")
+    scoring = meta["scoring_calls"][str(call)]
+    table = stage_table(scoring)
+    forwards = max(scoring.get("forward_passes") or 0, 1)
+    syncs, kernels = found.get("syncs"), found.get("kernels") or []
+    for k in kernels:
+        k["per_forward_ms"] = k["ms"] / forwards
+    sync_record = None
+    text = table
+    if syncs is not None and syncs.supported:
+        sync_record = {"total": syncs.syncs, "per_forward": syncs.syncs / forwards, "sites": dict(syncs.top(10))}
+        text += (f"\n\nhost-device synchronisations: {syncs.syncs} in {forwards} forwards "
+                 f"({syncs.syncs / forwards:.1f} per forward); top call sites: "
+                 + (", ".join(f"{site} x{n}" for site, n in syncs.top(5)) or "none"))
+    else:
+        text += "\n\nhost-device synchronisations: not counted (no CUDA device)"
+    if kernels:
+        text += f"\n\ntop kernels / operators by self time (totals over {forwards} forwards):\n\n" + kernel_table(kernels)
+    meta["profile"] = {"dir": str(profile), "trace": str(profile / "trace.json"), "table": table,
+                       "syncs": sync_record, "top_kernels": kernels}
+    write_text_atomic(profile / "stages.md", text + "\n")
+    write_json_atomic(out / "meta.json", meta)
 
 
 def _score_blocks(lm, enc, blocks: list[np.ndarray], mine: list[int], out: Path, *, call: int, options: dict,
@@ -361,6 +388,7 @@ def _meta(*, lm, task: Task, states: list[str], template_path, temperature: floa
     return {
         "model": job["settings"]["model"],
         "resolved": lm.resolved,
+        "tokenizer": lm.info.get("tokenizer"),        # {kind: byte-level | an alias | the model's own, source, size}
         "task": task_spec(task),
         "template": str(template_path) if template_path else None,
         "template_sha256": template_sha256(task),
