@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from dbgpu.errors import DbgpuError
 from dbgpu.scoring.head import (OutputHead, decoder, head_logits, hidden_states, next_token_logits, output_head,
-                                token_logprobs)
+                                temperature_tuple, token_logprobs)
 
 
 def _head(V=50, H=12, *, dtype=torch.float32, bias=False, softcap=None, scale=None, seed=0):
@@ -44,6 +45,32 @@ def test_token_logprobs_against_float64_for_every_chunk_size(kw):
         lp = token_logprobs(head, h, pos, tok, temperature=0.7, max_elements=max_elements)
         assert lp.dtype == torch.float32
         torch.testing.assert_close(lp.double(), ref, atol=1e-6, rtol=1e-6)
+
+
+def test_several_temperatures_from_one_set_of_logits_equal_each_temperature_alone():
+    head = _head(bias=True, softcap=3.0)
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(9, 12, generator=g)
+    pos = torch.tensor([3, 0, 8, 3, 5, 5, 1])
+    tok = torch.tensor([4, 49, 0, 7, 7, 8, 30])
+    taus = (0.5, 1.0, 1.7)
+    for max_elements in (50, 4 * 50 + 1, 10**6):
+        lp = token_logprobs(head, h, pos, tok, temperature=taus, max_elements=max_elements)
+        assert lp.shape == (3, 7) and lp.dtype == torch.float32
+        for i, tau in enumerate(taus):
+            alone = token_logprobs(head, h, pos, tok, temperature=tau, max_elements=max_elements)
+            # the same float32 logits and operations, up to where the division by tau happens
+            # (in place or not): a few float32 ulps of log-probs of order 10
+            torch.testing.assert_close(lp[i], alone, atol=1e-5, rtol=0)
+            torch.testing.assert_close(lp[i].double(), _reference(head, h, pos, tok, tau), atol=1e-6, rtol=1e-6)
+
+
+def test_temperature_lists_are_checked():
+    assert temperature_tuple(0.7) == (0.7,)
+    assert temperature_tuple([0.5, 2]) == (0.5, 2.0)
+    for bad, words in (([], "no temperature"), ([0.5, 0.5], "repeated"), ([1.0, -1.0], "positive")):
+        with pytest.raises(DbgpuError, match=words):
+            temperature_tuple(bad)
 
 
 def test_bf16_weights_and_hidden_states_give_float32_logits_not_bf16_rounded_ones():

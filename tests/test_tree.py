@@ -117,6 +117,29 @@ def test_tree_temperature(tiny_lms, word_task):
                                score_matrix(lm.model, P, C, method="plain", temperature=0.4), atol=2e-5)
 
 
+@pytest.mark.parametrize("method", ["tree", "plain"])
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_several_temperatures_in_one_pass_equal_separate_runs(tiny_lms, word_task, arch, method):
+    """Each temperature's kernel from one pass of forwards equals its own single-temperature
+    run (and a per-pair forward at that temperature)."""
+    lm = tiny_lms(arch)
+    P, C = _ids(lm, word_task)
+    taus = [0.5, 0.7, 1.0, 1.5]
+    stats = ScoreStats()
+    many = score_matrix(lm.model, P, C, method=method, temperature=taus, stats=stats,
+                        **({"batch_tokens": 60} if method == "tree" else {}))
+    assert many.shape == (4, len(P), len(C))
+    one = ScoreStats()
+    for i, tau in enumerate(taus):
+        alone = score_matrix(lm.model, P, C, method=method, temperature=tau, stats=one if tau == 1.0 else None,
+                             **({"batch_tokens": 60} if method == "tree" else {}))
+        # the same forwards and float32 head; sums of ~10 float32 log-probs in float64
+        np.testing.assert_allclose(many[i], alone, atol=1e-5, rtol=0, err_msg=f"tau {tau}")
+    ref = reference_logT(lm.model, P[1], C[2], temperature=0.5)
+    assert abs(many[0, 1, 2] - ref) <= 2e-5                  # the per-pair forward's tolerance above
+    assert stats.forward_passes == one.forward_passes       # one pass of forwards for all four
+
+
 def test_out_of_memory_backoff_keeps_every_row(tiny_lms, word_task, monkeypatch):
     lm = tiny_lms("llama")
     P, C = _ids(lm, word_task)

@@ -37,7 +37,8 @@ def check_method(method: str) -> str:
 
 def score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, method: str = "plain",
                  **kwargs) -> np.ndarray:
-    """log T for every (prompt, continuation) pair: (N, M) float64, row = source.
+    """log T for every (prompt, continuation) pair: (N, M) float64, row = source; with a
+    sequence of temperatures, (len(tau), N, M) from one pass of forwards.
 
     method="plain": every pair its own padded row (the reference; kwargs max_batch,
     padding_side). method="tree": shared-prefix cache + continuation trie (kwargs max_rows,
@@ -48,22 +49,24 @@ def score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, met
         return tree_score_matrix(model, prompts, conts, **kwargs)
     N, M = len(prompts), len(conts)
     pairs = np.stack(np.meshgrid(np.arange(N), np.arange(M), indexing="ij"), -1).reshape(-1, 2)
-    return score_sequences(model, prompts, conts, pairs, **kwargs).reshape(N, M)
+    lp = score_sequences(model, prompts, conts, pairs, **kwargs)                # (P,) or (T, P)
+    return lp.reshape(*lp.shape[:-1], N, M)
 
 
 def sum_surface_forms(logT_forms: np.ndarray, starts) -> np.ndarray:
-    """(R, N) log of the summed probability of each state's surface forms, from (R, M)
+    """(..., R, N) log of the summed probability of each state's surface forms, from (..., R, M)
     log-probabilities of M continuations grouped by state (state k's forms are columns
     starts[k]:starts[k+1]). A logsumexp per group in float64: O(R M) time, O(R N) memory."""
-    if len(starts) == logT_forms.shape[1]:                    # one form per state: nothing to add
+    if len(starts) == logT_forms.shape[-1]:                    # one form per state: nothing to add
         return logT_forms
-    return np.logaddexp.reduceat(np.asarray(logT_forms, dtype=np.float64), np.asarray(starts), axis=1)
+    return np.logaddexp.reduceat(np.asarray(logT_forms, dtype=np.float64), np.asarray(starts), axis=-1)
 
 
-def exact_kernel(lm, task, states: list[str], *, temperature: float = 1.0, method: str = "tree",
+def exact_kernel(lm, task, states: list[str], *, temperature=1.0, method: str = "tree",
                  batch_tokens: int | None = None, max_logits: int | None = None, progress: bool = False,
                  stats: ScoreStats | None = None, surface_forms: str = "canonical"):
-    """log T over all pairs of `states` for a loaded model: (logT (N, N), prompts.json dict, ScoreStats).
+    """log T over all pairs of `states` for a loaded model: (logT (N, N), prompts.json dict, ScoreStats);
+    with a sequence of temperatures logT is (len(tau), N, N), all from one pass of forwards.
     surface_forms="all": T(f, g) sums the probabilities of every surface form of g (one
     trie over all of them)."""
     from dbgpu.formatting import encode_states

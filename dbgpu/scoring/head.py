@@ -194,36 +194,52 @@ def default_max_elements(device: torch.device) -> int:
     return 2 ** 28 if device.type == "cuda" else 2 ** 26
 
 
+def temperature_tuple(temperature) -> tuple[float, ...]:
+    """tau as a tuple: a number gives (tau,), a sequence its values (each checked, none repeated)."""
+    from dbgpu.errors import check_temperature
+
+    taus = (temperature,) if isinstance(temperature, (int, float)) else tuple(temperature)
+    if not taus:
+        raise DbgpuError("no temperature given")
+    taus = tuple(check_temperature(t) for t in taus)
+    if len(set(taus)) != len(taus):
+        raise DbgpuError(f"a temperature is repeated in {', '.join(format(t, 'g') for t in taus)}")
+    return taus
+
+
 @torch.inference_mode()
 def token_logprobs(head: OutputHead, h: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor, *,
-                   temperature: float, max_elements: int | None = None) -> torch.Tensor:
-    """log softmax(z / tau)[tok_k] at hidden state pos_k, float32: (K,).
+                   temperature, max_elements: int | None = None) -> torch.Tensor:
+    """log softmax(z / tau)[tok_k] at hidden state pos_k, float32: (K,) for one temperature,
+    (len(tau), K) for a sequence of them.
 
     h (N, H) hidden states (model dtype), pos (K,) indices into h, tok (K,) token ids.
     Positions are processed in chunks of max_elements // V; time O(N x V x H), memory one
-    chunk of float32 logits and logsumexp's temporary of the same size, plus the (K,) result. The result is on h's device (a dispatched
-    model's head may compute elsewhere).
+    chunk of float32 logits and logsumexp's temporary of the same size, plus the result.
+    Several temperatures share each chunk's logits z (teacher forcing makes them independent
+    of tau): each adds one logsumexp over the chunk, O(N x V), not another GEMM. The result
+    is on h's device (a dispatched model's head may compute elsewhere).
     """
+    taus = temperature_tuple(temperature)
     N, K = h.shape[0], pos.shape[0]
-    out = torch.empty(K, dtype=torch.float32, device=h.device)
-    if K == 0:
-        return out
-    max_elements = max_elements or default_max_elements(h.device)
-    chunk = max(1, max_elements // head.vocab_size)
-    order = torch.argsort(pos, stable=True)                                        # (K,)
-    pos_s, tok_s = pos[order], tok[order]
-    starts = torch.arange(0, N + chunk, chunk, device=h.device)
-    cuts = torch.searchsorted(pos_s, starts).tolist()                              # pairs per chunk
-    vals = torch.empty(K, dtype=torch.float32, device=h.device)
-    for c, a in enumerate(range(0, N, chunk)):                                     # N / chunk steps
-        ka, kb = cuts[c], cuts[c + 1]
-        if ka == kb:
-            continue
-        z = head_logits(head, h[a:a + chunk])                                      # (c, V) on the head's device
-        if temperature != 1.0:
-            z.div_(temperature)                                                    # in place: one (c, V) less
-        lse = torch.logsumexp(z, dim=-1)                                           # (c,)
-        p, t = (pos_s[ka:kb] - a).to(z.device), tok_s[ka:kb].to(z.device)         # no-ops on one device
-        vals[ka:kb] = (z[p, t] - lse[p]).to(vals.device)
-    out[order] = vals
-    return out
+    vals = torch.empty((len(taus), K), dtype=torch.float32, device=h.device)
+    if K:
+        max_elements = max_elements or default_max_elements(h.device)
+        chunk = max(1, max_elements // head.vocab_size)
+        order = torch.argsort(pos, stable=True)                                    # (K,)
+        pos_s, tok_s = pos[order], tok[order]
+        starts = torch.arange(0, N + chunk, chunk, device=h.device)
+        cuts = torch.searchsorted(pos_s, starts).tolist()                          # pairs per chunk
+        for c, a in enumerate(range(0, N, chunk)):                                 # N / chunk steps
+            ka, kb = cuts[c], cuts[c + 1]
+            if ka == kb:
+                continue
+            z = head_logits(head, h[a:a + chunk])                                  # (c, V) on the head's device
+            p, t = (pos_s[ka:kb] - a).to(z.device), tok_s[ka:kb].to(z.device)     # no-ops on one device
+            picked = z[p, t]                                                       # (k,) chosen logits
+            for i, tau in enumerate(taus):                                         # len(tau) steps
+                zt = z if tau == 1.0 else (z.div_(tau) if len(taus) == 1 else z / tau)   # one temperature: in place
+                lse = torch.logsumexp(zt, dim=-1)                                  # (c,)
+                vals[i, order[ka:kb]] = (picked / tau - lse[p]).to(vals.device) if tau != 1.0 else \
+                    (picked - lse[p]).to(vals.device)
+    return vals[0] if isinstance(temperature, (int, float)) else vals

@@ -19,8 +19,8 @@ import torch
 
 from dbgpu.console import progress as progress_bar
 from dbgpu.devices import input_device
-from dbgpu.errors import DbgpuError, check_temperature
-from dbgpu.scoring.head import hidden_states, output_head, token_logprobs
+from dbgpu.errors import DbgpuError
+from dbgpu.scoring.head import hidden_states, output_head, temperature_tuple, token_logprobs
 from dbgpu.scoring.prefix import pad_sequences
 from dbgpu.scoring.stats import ScoreStats
 
@@ -40,8 +40,8 @@ def _batches(lengths: np.ndarray, *, batch_tokens: int, max_batch: int) -> list[
 
 
 def _score_batch(model, head, seqs: list[list[int]], plen: np.ndarray, clen: np.ndarray, *, side: str,
-                 temperature: float, pad_id: int, stats: ScoreStats, max_elements: int | None) -> np.ndarray:
-    """Sum of continuation log-probs of B padded rows (prompt + continuation): (B,) float64."""
+                 temperature: tuple, pad_id: int, stats: ScoreStats, max_elements: int | None) -> np.ndarray:
+    """Sum of continuation log-probs of B padded rows (prompt + continuation): (len(tau), B) float64."""
     device = input_device(model)
     with stats.stage("masks", device):
         ids, mask, pos = pad_sequences(seqs, pad_id=pad_id, side=side, device=device)  # (B, T)
@@ -60,11 +60,11 @@ def _score_batch(model, head, seqs: list[list[int]], plen: np.ndarray, clen: np.
     with stats.stage("head", device):
         picked = h.reshape(B * T, -1)[flat]                                           # (K, H) only what is scored
         lp = token_logprobs(head, picked, torch.arange(len(flat), device=device), targets,
-                            temperature=temperature, max_elements=max_elements)      # (K,)
+                            temperature=temperature, max_elements=max_elements)      # (T, K)
     with stats.stage("reduction", device):
-        sums = torch.zeros((B, C), dtype=torch.float64, device=device)
-        sums[valid] = lp.double()
-        total = sums.sum(-1)                                                          # (B,)
+        sums = torch.zeros((len(temperature), B, C), dtype=torch.float64, device=device)
+        sums[:, valid] = lp.double()
+        total = sums.sum(-1)                                                          # (T, B)
     with stats.stage("transfer", device):
         out = total.cpu().numpy()
     stats.count(tokens=int(mask.sum()), padded=B * T, logits=len(flat))
@@ -73,17 +73,18 @@ def _score_batch(model, head, seqs: list[list[int]], plen: np.ndarray, clen: np.
 
 @torch.inference_mode()
 def score_sequences(model, prompts: list[list[int]], conts: list[list[int]], pairs: np.ndarray, *,
-                    temperature: float = 1.0, batch_tokens: int | None = None, max_batch: int = 256,
+                    temperature=1.0, batch_tokens: int | None = None, max_batch: int = 256,
                     padding_side: str = "left", pad_id: int = 0, progress: bool = False,
                     stats: ScoreStats | None = None, max_logits: int | None = None) -> np.ndarray:
     """Sum of continuation log-probs for each (prompt index, continuation index) row of `pairs`.
 
-    pairs: (P, 2) int array. Returns (P,) float64. batch_tokens: token positions per forward
+    pairs: (P, 2) int array. Returns (P,) float64; for a sequence of temperatures
+    (len(tau), P), every one from the same forwards. batch_tokens: token positions per forward
     (default PLAIN_BATCH_TOKENS); max_logits: float32 logits the head holds at once (default
     `head.default_max_elements`).
     """
     batch_tokens = batch_tokens or PLAIN_BATCH_TOKENS
-    check_temperature(temperature)
+    taus = temperature_tuple(temperature)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be left or right, not {padding_side!r}")
     if any(len(c) == 0 for c in conts) or any(len(p) == 0 for p in prompts):
@@ -92,7 +93,7 @@ def score_sequences(model, prompts: list[list[int]], conts: list[list[int]], pai
     plen = np.array([len(p) for p in prompts], dtype=np.int64)
     clen = np.array([len(c) for c in conts], dtype=np.int64)
     lengths = plen[pairs[:, 0]] + clen[pairs[:, 1]]                 # (P,)
-    out = np.empty(len(pairs), dtype=np.float64)
+    out = np.empty((len(taus), len(pairs)), dtype=np.float64)
     head = output_head(model)
     stats = stats if stats is not None else ScoreStats()
     stats.begin(device)
@@ -100,12 +101,12 @@ def score_sequences(model, prompts: list[list[int]], conts: list[list[int]], pai
     bar = progress_bar(total=len(pairs), enabled=progress, desc="scoring pairs", unit="pair")
     for rows in _batches(lengths, batch_tokens=batch_tokens, max_batch=max_batch):
         f, g = pairs[rows, 0], pairs[rows, 1]
-        out[rows] = _score_batch(model, head, [prompts[a] + conts[b] for a, b in zip(f, g)], plen[f], clen[g],
-                                 side=padding_side, temperature=temperature, pad_id=pad_id, stats=stats,
+        out[:, rows] = _score_batch(model, head, [prompts[a] + conts[b] for a, b in zip(f, g)], plen[f], clen[g],
+                                 side=padding_side, temperature=taus, pad_id=pad_id, stats=stats,
                                  max_elements=max_logits)
         bar.update(len(rows))
     bar.close()
     stats.pairs += len(pairs)
     stats.seconds += time.perf_counter() - t0
     stats.record_peak_memory(device)
-    return out
+    return out[0] if isinstance(temperature, (int, float)) else out

@@ -44,9 +44,9 @@ import torch
 
 from dbgpu.console import progress as progress_bar
 from dbgpu.devices import input_device
-from dbgpu.errors import DbgpuError, check_temperature
+from dbgpu.errors import DbgpuError
 from dbgpu.models import text_config
-from dbgpu.scoring.head import hidden_states, output_head, token_logprobs
+from dbgpu.scoring.head import hidden_states, output_head, temperature_tuple, token_logprobs
 from dbgpu.scoring.plan import default_budget, model_shape, plan_scoring, rows_per_forward
 from dbgpu.scoring.prefix import run_prefix
 from dbgpu.scoring.stats import ScoreStats
@@ -231,13 +231,14 @@ def batch_masks(base: dict, qpos: torch.Tensor, pad: torch.Tensor, *, P: int, pa
 
 
 def path_sums(node_lp: torch.Tensor, layout: TrieLayout) -> torch.Tensor:
-    """log T (B, C) float64 from edge log-probs (B, M): each node's cumulative sum is its
-    own plus its parent's, one tree level at a time (depth steps of O(B x nodes at that
-    depth)); a target's log T is the sum at its last node."""
-    cum = node_lp.double()                                        # (B, M)
+    """log T (..., B, C) float64 from edge log-probs (..., B, M) (a leading axis per
+    temperature): each node's cumulative sum is its own plus its parent's, one tree level at
+    a time (depth steps of O(B x nodes at that depth)); a target's log T is the sum at its
+    last node."""
+    cum = node_lp.double()                                        # (..., B, M)
     for nodes, parents in layout.levels:                          # depth steps, not a token loop
-        cum[:, nodes] += cum[:, parents]
-    return cum[:, layout.ends]                                    # (B, C)
+        cum[..., nodes] += cum[..., parents]
+    return cum[..., layout.ends]                                  # (..., B, C)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -250,7 +251,8 @@ def _is_oom(e: BaseException) -> bool:
 
 def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout, base: dict, qpos: torch.Tensor,
                 *, P: int, head, prefix_kv, temperature, stats, max_elements) -> np.ndarray:
-    """log T for a batch of sources against one trie: (B, C) float64. suffix (B, S) token
+    """log T for a batch of sources against one trie: (len(tau), B, C) float64 (temperature: a
+    tuple). suffix (B, S) token
     ids left-padded by pad (B,) tokens (host ints); base masks and qpos from `suffix_masks`
     (width S)."""
     from transformers import DynamicCache
@@ -275,9 +277,9 @@ def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout
         M = len(layout.tok)
         idx = (torch.arange(B, device=device)[:, None] * keep + layout.pred[None, :]).reshape(-1)   # (B*M,)
         node_lp = token_logprobs(head, h.reshape(B * keep, -1), idx, layout.tok.repeat(B),
-                                 temperature=temperature, max_elements=max_elements).view(B, M)   # (B, M)
+                                 temperature=temperature, max_elements=max_elements).view(-1, B, M)  # (T, B, M)
     with stats.stage("reduction", device):
-        logT = path_sums(node_lp, layout)                         # (B, C)
+        logT = path_sums(node_lp, layout)                         # (T, B, C)
     with stats.stage("transfer", device):
         out = logT.cpu().numpy()
     Q = ids.shape[1]
@@ -307,7 +309,7 @@ def _score_chunk(model, logT: np.ndarray, order: np.ndarray, suffix: torch.Tenso
         idx = torch.as_tensor(rows, device=device)
         pad = S - lengths[rows]                                                  # (B,) on the host
         try:
-            logT[np.ix_(rows, chunk)] = _score_rows(model, suffix[idx, S_max - S:], pad, layout, base, qpos,
+            logT[:, rows[:, None], chunk[None, :]] = _score_rows(model, suffix[idx, S_max - S:], pad, layout, base, qpos,
                                                     P=P, stats=stats, **kw)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             if not _is_oom(e) or len(rows) == 1:
@@ -345,10 +347,11 @@ def batch_plan(model, prompts: list[list[int]], conts: list[list[int]], *, batch
 
 
 @torch.inference_mode()
-def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, temperature: float = 1.0,
+def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, temperature=1.0,
                       batch_tokens: int | None = None, max_logits: int | None = None, work_bytes: int | None = None,
                       max_rows: int = 256, pad_id: int = 0, progress: bool = False, stats=None) -> np.ndarray:
-    """log T for every (prompt, continuation) pair: (N, M) float64, row = source.
+    """log T for every (prompt, continuation) pair: (N, M) float64, row = source; for a
+    sequence of temperatures (len(tau), N, M), every one from the same forwards.
 
     Batches follow the plan (`batch_plan`): batch_tokens token positions per forward,
     work_bytes of working memory (defaults per device type, `plan.DEVICE_DEFAULTS`), at
@@ -357,7 +360,7 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     padding of a batch's shorter suffixes (masked; any id will do). Architectures it cannot
     serve exactly are refused (`check_tree_supported`).
     """
-    check_temperature(temperature)
+    taus = temperature_tuple(temperature)
     if not prompts or not conts or min(map(len, prompts)) == 0 or min(map(len, conts)) == 0:
         raise DbgpuError("a prompt or continuation has no tokens")
     P = common_prefix_length(prompts)
@@ -382,7 +385,7 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     suffix = _left_padded(suffixes, pad_id=pad_id, device=device)                # (N, S_max)
 
     N, S = len(prompts), int(lengths.max())
-    logT = np.empty((N, len(conts)), dtype=np.float64)
+    logT = np.empty((len(taus), N, len(conts)), dtype=np.float64)
     chunks = target_chunks(conts, max_internal=plan.max_internal)
     bar = progress_bar(total=N * len(conts), enabled=progress, desc="scoring pairs", unit="pair")
     cap = budget.max_rows                             # lowered for good by an out-of-memory back-off
@@ -393,7 +396,7 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
         Q = S + layout.n_internal
         rows = min(cap, rows_per_forward(shape, budget, queries=Q, keys=P + Q, prefix=P, n_rows=N))
         reached = _score_chunk(model, logT, order, suffix, lengths, chunk, layout, rows_per_forward=rows, P=P,
-                               bar=bar, stats=stats, head=head, prefix_kv=prefix_kv, temperature=temperature,
+                               bar=bar, stats=stats, head=head, prefix_kv=prefix_kv, temperature=taus,
                                max_elements=budget.head_logits)
         cap = min(cap, reached) if reached < rows else cap
         fewest = min(fewest, reached)
@@ -402,4 +405,4 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     stats.seconds += time.perf_counter() - t0
     stats.extra.update(rows_per_forward=fewest, target_chunks=len(chunks), shared_prefix=P, plan=plan.as_dict())
     stats.record_peak_memory(device)
-    return logT
+    return logT[0] if isinstance(temperature, (int, float)) else logT
