@@ -141,6 +141,30 @@ def timed(fn, device):
     return value, seconds, peak
 
 
+def bench_temperatures(lm, P, C, src, args, device, *, scale: float) -> dict:
+    """K temperatures from one pass of forwards against one temperature, timed alternately
+    (one, K, one, K, ...; the fastest of each), on the same sources; the K kernels checked
+    against separate single-temperature runs."""
+    taus = args.temperatures
+    model, pad, rows = lm.model, lm.tokenizer.pad_token_id, [P[i] for i in src]
+    best = {"one": float("inf"), "many": float("inf")}
+    many = None
+    for _ in range(args.temperature_rounds):
+        for kind in ("one", "many"):
+            value, sec, peak = timed(lambda: score_matrix(model, rows, C, method="tree", pad_id=pad,
+                                                          temperature=1.0 if kind == "one" else taus,
+                                                          max_logits=args.max_logits), device)
+            best[kind] = min(best[kind], sec)
+            if kind == "many":
+                many, peak_many = value, peak
+    diff = max(float(np.abs(many[i] - score_matrix(model, rows, C, method="tree", pad_id=pad, temperature=t,
+                                                   max_logits=args.max_logits)).max()) for i, t in enumerate(taus))
+    return dict(method=f"tree {len(taus)}tau", pairs=len(src) * len(C) * len(taus), seconds=best["many"] * scale,
+                est=scale != 1, tokens=0, peak=peak_many, max_diff=diff, tpf=0, flops=0,
+                temperatures=list(taus), one_seconds=best["one"] * scale, ratio=best["many"] / best["one"],
+                rounds=args.temperature_rounds)
+
+
 def bench_n(lm, task, n: int, args, rng) -> list[dict]:
     tok, model, device = lm.tokenizer, lm.model, lm.device
     states = task.seed_states(n)
@@ -181,6 +205,9 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
             "forwards_run": stats.forward_passes - 1, "plan_forwards_slice": part.forwards,
             "plan_forwards": whole.forwards, "by_plan_s": once + body / max(part.forwards, 1) * whole.forwards}
         rows[0]["seconds"] = sec = rows[0]["extrapolation"]["by_sources_s"]
+    if args.temperatures:
+        rows.append(bench_temperatures(lm, P, C, src, args, device, scale=scale))
+        rows[-1].update(tokens=rows[0]["tokens"], flops=rows[0]["flops"], tpf=rows[0]["tpf"])   # the same forwards
     if not args.no_breakdown:
         rows[0]["breakdown"] = breakdown(lm, P, C, src, args)
     if args.tree_only:
@@ -317,6 +344,10 @@ def main(argv=None) -> int:
     ap.add_argument("--measure-peak", action="store_true",
                     help="measure the GEMM peak on the CPU too (float32; always on CUDA)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the profiled batch (syncs, top kernels)")
+    ap.add_argument("--temperatures", type=lambda t: tuple(float(x) for x in t.split(",")), default=None,
+                    metavar="T1,T2,..", help="also time these temperatures from one pass against one temperature, "
+                                             "alternately (row `tree Ktau`; max|dlogT| against separate runs)")
+    ap.add_argument("--temperature-rounds", type=int, default=2, help="alternations for --temperatures (default 2)")
     args = ap.parse_args(argv)
     if args.tree_rows and not args.tree_only:
         ap.error("--tree-rows goes with --tree-only")
@@ -367,6 +398,12 @@ def main(argv=None) -> int:
                   f"scored against all {r['n']} targets; all N^2 pairs: {x['by_sources_s']:.1f} s by sources "
                   f"(x {x['sources'] / x['sources_run']:.1f}), {x['by_plan_s']:.1f} s by the plan's forward passes "
                   f"({x['plan_forwards_slice']} for the slice, {x['plan_forwards']} for the whole run)")
+    for r in rows:
+        if "ratio" in r:
+            print(f"N = {r['n']}: {len(r['temperatures'])} temperatures ({', '.join(format(t, 'g') for t in r['temperatures'])}) "
+                  f"from one pass {r['seconds']:.2f} s against one temperature {r['one_seconds']:.2f} s, timed "
+                  f"alternately ({r['rounds']} rounds, fastest of each): ratio {r['ratio']:.3f}; each kernel against "
+                  f"its own single-temperature run: max |dlogT| {r['max_diff']:.1e}")
     print_breakdown([r for r in rows if r["method"] == "tree"], device)
     print("speed-up = method seconds / tree seconds; tok/bound = token positions run / token-trie lower bound; "
           "max|dlogT| = largest difference from the tree scorer on the pairs the method ran; tok/fwd = token "

@@ -238,13 +238,14 @@ class Kernel:
         ])
 
 
-def kernel(model: LM | str, task: Task | str, states: States, *, temperature: float = 1.0,
+def kernel(model: LM | str, task: Task | str, states: States, *, temperature: float | Sequence[float] = 1.0,
            method: str = "tree", template: str | None = None, answer_prefix: str | None = None,
            device: str = "auto", dtype: str = "auto", cache_dir: PathLike | None = None,
            batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
            out: PathLike | None = None, overwrite: bool = False, progress: bool = True,
            profile: PathLike | None = None, surface_forms: str = "canonical", device_map: str | dict | None = None,
-           max_memory: str | dict | None = None, offload_dir: PathLike | None = None) -> Kernel | None:
+           max_memory: str | dict | None = None, offload_dir: PathLike | None = None
+           ) -> Kernel | dict[float, Kernel] | None:
     """The exact kernel log T(f, g) of a state set under a model, by teacher forcing: what
     `dbgpu score` computes, through the same job (`commands.score.score_job`).
 
@@ -256,7 +257,10 @@ def kernel(model: LM | str, task: Task | str, states: States, *, temperature: fl
     sums every surface form of g the task lists (--surface-forms). `device_map`, `max_memory`,
     `offload_dir`: as for `load_model`, when `model` is a name. Cost: N^2 continuations, the
     tree scorer running each distinct prompt prefix once; memory O(N^2) for log T.
-    Returns None on the other ranks of a torchrun / accelerate launch.
+    `temperature` a sequence (`[0.5, 1, 2]`): {tau: Kernel}, every one from the same pass
+    of forwards (one log-softmax more per temperature, not another pass); with `out`,
+    each saved in out/tau-<tau>. Returns None on the other ranks of a torchrun /
+    accelerate launch.
     """
     from dbgpu.commands.score import score_job
     from dbgpu.models import placement
@@ -268,17 +272,27 @@ def kernel(model: LM | str, task: Task | str, states: States, *, temperature: fl
                batch_tokens=batch_tokens, max_logits=max_logits, rows_per_block=rows_per_block,
                overwrite=overwrite, progress=progress, profile=profile, lm=lm, surface_forms=surface_forms,
                placement=placement(device_map=device_map, max_memory=max_memory, offload_dir=offload_dir))
+    several = not isinstance(temperature, (int, float))
+
+    def loaded(d: Path):
+        if not several:
+            return Kernel.load(d)
+        from dbgpu.commands.score import tau_name
+
+        return {float(tau): Kernel.load(d / tau_name(float(tau))) for tau in temperature}
+
     if out is not None:
-        return None if score_job(out=out, **job) is None else Kernel.load(out)
+        return None if score_job(out=out, **job) is None else loaded(Path(out))
     from dbgpu.distributed import launched
 
     if launched().world > 1:
         raise DbgpuError("under torchrun / accelerate launch, kernel() needs out=DIR, a directory the ranks share")
     with tempfile.TemporaryDirectory(prefix="dbgpu-kernel-") as tmp:
         score_job(out=tmp, **job)
-        k = Kernel.load(tmp)
-    k.path = None
-    return k
+        ks = loaded(Path(tmp))
+    for k in (ks.values() if several else [ks]):
+        k.path = None
+    return ks
 
 
 # --------------------------------------------------------------------------- potential
@@ -578,7 +592,7 @@ class Comparison:
 
 def compare(models: Sequence[str], states: States = 24, *, out: PathLike, templates: Sequence[str] | None = None,
             task: str = DEFAULT_TASK, answer_prefix: str | None = None, temperature: float = 1.0,
-            method: str = "tree", device: str = "auto", dtype: str = "auto", cache_dir: PathLike | None = None,
+            temperatures: Sequence[float] | None = None, method: str = "tree", device: str = "auto", dtype: str = "auto", cache_dir: PathLike | None = None,
             progress: bool = True, device_map: str | dict | None = None, max_memory: str | dict | None = None,
             offload_dir: PathLike | None = None) -> Comparison | None:
     """Score one state set under every model x template (reusing runs already in `out`),
@@ -586,7 +600,8 @@ def compare(models: Sequence[str], states: States = 24, *, out: PathLike, templa
     (`commands.compare.compare_job`). `templates`: built-in names or files (default:
     the task's own). Cost: one `kernel` and one `potential` per run. Returns None on
     the other ranks of a launched job. `device_map`, `max_memory`, `offload_dir`: as for
-    `load_model`."""
+    `load_model`. `temperatures` (a list): a temperature axis, each model x template scored
+    once for all of them, one run per temperature (`result["temperature_axis"]`)."""
     from dbgpu.commands.compare import compare_job
     from dbgpu.models import placement
 
@@ -594,7 +609,8 @@ def compare(models: Sequence[str], states: States = 24, *, out: PathLike, templa
         raise DbgpuError("models must be a list of model names (a comparison needs at least two runs)")
     states = _state_list(get_task(task), states)
     result = compare_job(models=list(models), templates=list(templates) if templates else [None], task_name=task,
-                         states=states, out=out, answer_prefix=answer_prefix, temperature=temperature,
+                         states=states, out=out, answer_prefix=answer_prefix,
+                         temperature=temperature if temperatures is None else [float(t) for t in temperatures],
                          method=method, device=device, dtype=dtype, cache_dir=cache_dir, progress=progress,
                          placement=placement(device_map=device_map, max_memory=max_memory, offload_dir=offload_dir))
     return Comparison(dir=Path(out), result=result) if result else None

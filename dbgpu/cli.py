@@ -60,7 +60,17 @@ def _placement(args) -> dict | None:
     return placement(device_map=args.device_map, max_memory=args.max_memory, offload_dir=args.offload_dir)
 
 
-def _task_options(p: argparse.ArgumentParser, *, default_task: str | None = None) -> None:
+def temperatures_arg(text: str):
+    """--temperature of score and run: one number (one score directory, as always) or
+    several, comma-separated (one pass of forwards, DIR/tau-<tau> per temperature)."""
+    try:
+        vals = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or comma-separated numbers: {text!r}") from None
+    return vals[0] if len(vals) == 1 else vals
+
+
+def _task_options(p: argparse.ArgumentParser, *, default_task: str | None = None, several: bool = False) -> None:
     g = p.add_argument_group("task")
     g.add_argument("--task", required=default_task is None, default=default_task, help=TASK_HELP
                    + (f" (default {default_task})" if default_task else ""))
@@ -71,7 +81,12 @@ def _task_options(p: argparse.ArgumentParser, *, default_task: str | None = None
     g.add_argument("--answer-prefix", default=None, metavar="TEXT",
                    help="text that opens the answer, part of the prompt (word100 default: 'Word:', "
                         "formula: 'y ='; '' for none)")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default 1)")
+    if several:
+        g.add_argument("--temperature", type=temperatures_arg, default=1.0, metavar="TAU[,TAU...]",
+                       help="sampling temperature tau (default 1); several, comma-separated (0.5,0.7,1,1.5), "
+                            "are scored from one pass of forwards into DIR/tau-<tau>/, one score directory each")
+    else:
+        g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default 1)")
 
 
 def _scoring_options(p: argparse.ArgumentParser) -> None:
@@ -143,7 +158,7 @@ def _add_score(sub) -> None:
                        description="Compute the exact kernel log T(f,g) by teacher forcing for all pairs "
                                    "and write states.json, logT.npy, prompts.json, meta.json.")
     _model_options(p)
-    _task_options(p)
+    _task_options(p, several=True)
     _scoring_options(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--states", metavar="FILE", help="JSON list, text file (one per line) or score dir")
@@ -197,9 +212,12 @@ def _cmd_score(args) -> int:
         print(f"{args.out} already holds this score ({meta['n_states']}x{meta['n_states']} pairs): nothing to do")
         return 0
     sh = meta["shards"]
-    print(f"scored {meta['n_states']}x{meta['n_states']} pairs in {meta['seconds']:.1f} s "
-          f"({meta['tokens']} tokens; {sh['blocks']} row blocks, {sh['rows_per_call'].get(str(len(sh['calls']) - 1), 0)} "
-          f"rows this call) -> {args.out}")
+    taus = meta["temperature"] if isinstance(meta["temperature"], list) else None
+    print(f"scored {meta['n_states']}x{meta['n_states']} pairs"
+          + (f" at {len(taus)} temperatures from one pass" if taus else "")
+          + f" in {meta['seconds']:.1f} s ({meta['tokens']} tokens; {sh['blocks']} row blocks, "
+          f"{sh['rows_per_call'].get(str(len(sh['calls']) - 1), 0)} rows this call) -> "
+          + (", ".join(meta["runs"].values()) if taus else args.out))
     if "profile" in meta:
         print(meta["profile"]["table"])
         print(f"profile: {meta['profile']['trace']} (open in ui.perfetto.dev or chrome://tracing), "
@@ -212,7 +230,7 @@ def _add_run(sub) -> None:
                        description="States (the task's seed set), exact kernel, least-action potential, "
                                    "detailed-balance statistics, figures and report.md, in one directory.")
     _model_options(p, default_model="smollm2-135m")
-    _task_options(p, default_task="word100")
+    _task_options(p, default_task="word100", several=True)
     _scoring_options(p)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--n-states", type=int, default=24, help="size of the seed state set (default 24)")
@@ -349,7 +367,13 @@ def _add_compare(sub) -> None:
                    help="comma-separated built-in template names or files (default: the task's own)")
     p.add_argument("--task", default="word100", help=TASK_HELP + " (default word100)")
     p.add_argument("--answer-prefix", default=None, metavar="TEXT", help="as for score")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default 1)")
+    tg = p.add_mutually_exclusive_group()
+    tg.add_argument("--temperature", type=float, default=1.0, help="sampling temperature tau (default 1)")
+    tg.add_argument("--temperatures", type=temperatures_arg, default=None, metavar="T1,T2,...",
+                    help="a temperature axis: each model x template scored once for all of them (one pass of "
+                         "forwards), one run per temperature; compare.md adds beta, the Hodge gradient fraction and "
+                         "V_tau against V at the temperature nearest 1, per model x template (temperature.csv, "
+                         "temperature.png)")
     p.add_argument("--method", default="tree", choices=["tree", "plain"], help="scoring method (default tree)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--states", metavar="FILE", help="JSON list, text file (one per line) or score dir")
@@ -382,7 +406,9 @@ def _cmd_compare(args) -> int:
     else:
         states = seed_states(get_task(args.task), 24 if args.n_states is None else args.n_states)
     result = compare_job(models=models, templates=templates, task_name=args.task, states=states, out=args.out,
-                         answer_prefix=args.answer_prefix, temperature=args.temperature, method=args.method,
+                         answer_prefix=args.answer_prefix, method=args.method,
+                         temperature=args.temperature if args.temperatures is None else
+                         (args.temperatures if isinstance(args.temperatures, list) else [args.temperatures]),
                          device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
                          placement=_placement(args), progress=not args.quiet)
     if not result:                                # another rank of a launched job: rank 0 reports

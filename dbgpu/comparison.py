@@ -92,3 +92,57 @@ def spread_uncertainty(spread: dict, states: list[str]) -> dict:
     """uncertainty.json for a comparison: {state: sd or null} (null: not bounded in every run)."""
     sd = {r["state"]: r["sd"] for r in spread["rows"]}
     return {s: sd.get(s) for s in states}
+
+
+def temperature_axis(runs: list[dict]) -> dict:
+    """What tau does to one model x template's kernel: runs are dicts with `tau`,
+    `potential` ({state: V or None}) and `stats` (stats.json) at each temperature.
+
+    Per temperature: beta (the pairwise slope), the Hodge gradient fraction, pairwise r,
+    and V_tau against V_ref at the reference temperature (the one nearest 1; the states
+    bounded in both, re-centred): Pearson and Spearman r and `slope_bV`, the least-squares
+    slope of beta_tau V_tau on beta_ref V_ref (both in nats of log-ratio). If tau were a
+    temperature in the thermodynamic sense (one energy, T_tau ~ exp(-E / tau)), slope_bV =
+    tau_ref / tau; the fit log slope_bV = c - alpha log(tau / tau_ref) gives alpha (1 for
+    that; 0 for a kernel tau does not change) with its R^2, over the temperatures whose
+    slope is positive. O(R k) for R temperatures, k shared states."""
+    from scipy.stats import pearsonr, spearmanr
+
+    runs = sorted(runs, key=lambda r: r["tau"])
+    ref = min(runs, key=lambda r: abs(np.log(r["tau"])))
+    beta_ref = ref["stats"]["pairwise"].get("slope")
+    rows = []
+    for r in runs:
+        st = r["stats"]
+        beta = st["pairwise"].get("slope")
+        shared, v, vr = shared_potentials(r["potential"], ref["potential"])
+        row = {"tau": r["tau"], "beta": beta, "hodge_gradient_fraction": st["hodge"]["gradient_fraction"],
+               "pairwise_r": st["pairwise"].get("r"), "shared_bounded": len(shared), "pearson_V": None,
+               "spearman_V": None, "slope_bV": None}
+        if len(shared) >= 3 and v.std() > 0 and vr.std() > 0:
+            row["pearson_V"] = float(pearsonr(vr, v).statistic)
+            row["spearman_V"] = float(spearmanr(vr, v).statistic)
+            if beta is not None and beta_ref is not None:
+                x, y = beta_ref * vr, beta * v
+                row["slope_bV"] = float((x @ y) / (x @ x))
+        rows.append(row)
+    fit = [(np.log(r["tau"] / ref["tau"]), np.log(r["slope_bV"])) for r in rows
+           if r["slope_bV"] is not None and r["slope_bV"] > 0]
+    out = {"reference_tau": ref["tau"], "rows": rows, "alpha": None, "alpha_intercept": None, "alpha_r2": None,
+           "alpha_points": len(fit)}
+    if len(fit) >= 3:
+        lx, ly = np.array(fit).T
+        slope, c = np.polyfit(lx, ly, 1)
+        resid = ly - (slope * lx + c)
+        ss = float(((ly - ly.mean()) ** 2).sum())
+        out.update(alpha=float(-slope), alpha_intercept=float(c),
+                   alpha_r2=float(1 - (resid ** 2).sum() / ss) if ss > 0 else None)
+    return out
+
+
+def alpha_spread(axes: dict[str, dict]) -> dict:
+    """alpha across templates (or models): {label: alpha}, mean and sd (ddof 1) of those known."""
+    vals = {k: a["alpha"] for k, a in axes.items()}
+    known = np.array([v for v in vals.values() if v is not None])
+    return {"alpha": vals, "mean": float(known.mean()) if len(known) else None,
+            "sd": float(known.std(ddof=1)) if len(known) >= 2 else None}

@@ -712,3 +712,51 @@ def compare_markdown(summaries: list[dict], rows: list[dict], spread: dict | Non
                   "uncertainty.json holds the gauge-and-scale sd.", ""]
     lines += ["", "![potentials](potentials.png)", "", "![detailed-balance index](db_index.png)", ""]
     return "\n".join(lines)
+
+
+def temperature_markdown(axes: dict[str, dict], spread: dict | None = None) -> str:
+    """The temperature axis of each model x template (`comparison.temperature_axis`) as Markdown."""
+    lines = ["## Temperature", "",
+             "Every temperature's kernel comes from one pass of forwards. Per temperature: beta (the pairwise "
+             "slope), the Hodge gradient fraction, pairwise r, and V_tau against V at the reference temperature "
+             "(the one nearest 1) on the states bounded in both: Pearson and Spearman r, and slope bV = the "
+             "least-squares slope of beta_tau V_tau on beta_ref V_ref. A thermodynamic temperature gives "
+             "slope bV = tau_ref / tau: alpha = 1 in log slope bV = c - alpha log(tau / tau_ref); alpha = 0 "
+             "means tau leaves the log-ratios unchanged.", ""]
+    for label, ax in axes.items():
+        lines += [f"### {label}", "",
+                  "| tau | beta | Hodge gradient fraction | pairwise r | shared bounded | Pearson V | Spearman V | "
+                  "slope bV | tau_ref / tau |", "|---|---|---|---|---|---|---|---|---|"]
+        for r in ax["rows"]:
+            lines.append(f"| {format(r['tau'], 'g')} | {fmt(r['beta'], '.3f')} | "
+                         f"{fmt(r['hodge_gradient_fraction'], '.3f')} | {fmt(r['pairwise_r'], '.3f')} | "
+                         f"{r['shared_bounded']} | {fmt(r['pearson_V'], '.3f')} | {fmt(r['spearman_V'], '.3f')} | "
+                         f"{fmt(r['slope_bV'], '.3f')} | {ax['reference_tau'] / r['tau']:.3f} |")
+        lines += ["", f"alpha = {fmt(ax['alpha'], '.3f')} (R^2 {fmt(ax['alpha_r2'], '.3f')}, "
+                      f"{ax['alpha_points']} temperatures; 1 = thermodynamic)", ""]
+    if spread and spread.get("sd") is not None:
+        lines += [f"alpha across the {len(spread['alpha'])} runs: mean {fmt(spread['mean'], '.3f')}, "
+                  f"sd {fmt(spread['sd'], '.3f')}", ""]
+    lines += ["![temperature](temperature.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_temperature(axes: dict[str, dict], out: Path) -> None:
+    """temperature.{png,pdf}: beta and the Hodge gradient fraction against tau, and
+    slope bV against tau_ref / tau (the diagonal: a thermodynamic temperature)."""
+    fig = new_figure(figsize=(11, 3.6))
+    a1, a2, a3 = fig.subplots(1, 3)
+    for label, ax in axes.items():
+        taus = np.array([r["tau"] for r in ax["rows"]])
+        a1.plot(taus, [np.nan if r["beta"] is None else r["beta"] for r in ax["rows"]], "o-", label=label)
+        a2.plot(taus, [np.nan if r["hodge_gradient_fraction"] is None else r["hodge_gradient_fraction"]
+                       for r in ax["rows"]], "o-", label=label)
+        a3.plot(ax["reference_tau"] / taus, [np.nan if r["slope_bV"] is None else r["slope_bV"] for r in ax["rows"]],
+                "o-", label=label)
+    a1.set(xlabel="tau", ylabel="beta (pairwise slope)")
+    a2.set(xlabel="tau", ylabel="Hodge gradient fraction", ylim=(0, 1.05))
+    lim = a3.get_xlim()
+    a3.plot(lim, lim, color="0.5", ls=":", lw=1, label="thermodynamic")
+    a3.set(xlabel="tau_ref / tau", ylabel="slope of beta_tau V_tau on beta_ref V_ref")
+    a3.legend(fontsize=7)
+    save_figure(fig, out, "temperature")

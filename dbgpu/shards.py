@@ -65,32 +65,34 @@ def write_shard(out: Path, k: int, rows: np.ndarray, logT: np.ndarray, *, stats:
 @dataclass(frozen=True)
 class Shard:
     rows: np.ndarray        # (R,) int64
-    logT: np.ndarray        # (R, N) float64
+    logT: np.ndarray        # (R, N) float64; (K, R, N) for K temperatures from one pass
     stats: dict             # the block's ScoreStats.as_dict()
     call: int               # the call that scored it
 
 
-def _load(path: Path, rows: np.ndarray, n: int) -> Shard | None:
-    """The shard at `path` if it is whole and holds exactly `rows` x n, else None."""
+def _load(path: Path, rows: np.ndarray, n: int, lead: tuple = ()) -> Shard | None:
+    """The shard at `path` if it is whole and holds exactly `rows` x n (after the `lead`
+    axes: (K,) for K temperatures), else None."""
     try:
         with np.load(path, allow_pickle=False) as z:
             shard = Shard(rows=z["rows"], logT=z["logT"], stats=json.loads(str(z["stats"])), call=int(z["call"]))
     except Exception:                       # truncated zip, bad header, missing key, bad JSON
         return None
-    ok = (np.array_equal(shard.rows, rows) and shard.logT.shape == (len(rows), n)
+    ok = (np.array_equal(shard.rows, rows) and shard.logT.shape == (*lead, len(rows), n)
           and shard.logT.dtype == np.float64 and not np.isnan(shard.logT).any()
           and not np.isposinf(shard.logT).any())
     return shard if ok else None
 
 
-def read_shards(out: Path, blocks: list[np.ndarray], n: int) -> tuple[dict[int, Shard], list[Path]]:
-    """({block: shard} for every whole shard, [damaged shard files])."""
+def read_shards(out: Path, blocks: list[np.ndarray], n: int, *, lead: tuple = ()) -> tuple[dict[int, Shard], list[Path]]:
+    """({block: shard} for every whole shard, [damaged shard files]); lead: the axes before
+    (rows, n) a whole shard has ((K,) when it holds K temperatures: all of them, or it is damaged)."""
     done, damaged = {}, []
     for k, rows in enumerate(blocks):
         path = shard_path(out, k)
         if not path.exists():
             continue
-        shard = _load(path, rows, n)
+        shard = _load(path, rows, n, lead)
         if shard is None:
             damaged.append(path)
         else:
@@ -98,11 +100,11 @@ def read_shards(out: Path, blocks: list[np.ndarray], n: int) -> tuple[dict[int, 
     return done, damaged
 
 
-def assemble(done: dict[int, Shard], n: int) -> np.ndarray:
-    """The (N, N) matrix from a complete set of shards."""
-    logT = np.full((n, n), np.nan)
+def assemble(done: dict[int, Shard], n: int, *, lead: tuple = ()) -> np.ndarray:
+    """The (*lead, N, N) matrix from a complete set of shards."""
+    logT = np.full((*lead, n, n), np.nan)
     for shard in done.values():
-        logT[shard.rows] = shard.logT
+        logT[..., shard.rows, :] = shard.logT
     assert not np.isnan(logT).any(), "assemble: a row is missing"
     return logT
 

@@ -144,11 +144,12 @@ def run_summary(run: dict) -> dict:
     }
 
 
-def _check(models: list[str], templates: list[str | None]) -> None:
+def _check(models: list[str], templates: list[str | None], temperature=1.0) -> None:
     if not models:
         raise DbgpuError("no models to compare")
-    if len(models) * len(templates) < 2:
-        raise DbgpuError("a comparison needs at least two runs (two models or two templates)")
+    several = 1 if isinstance(temperature, (int, float)) else len(temperature)
+    if len(models) * len(templates) * several < 2:
+        raise DbgpuError("a comparison needs at least two runs (two models, templates or temperatures)")
     if len(set(models)) != len(models) or len(set(map(str, templates))) != len(templates):
         raise DbgpuError("a model or template is listed twice")
 
@@ -163,10 +164,13 @@ def _current_revision(resolved: dict, where: tuple):
     return None
 
 
-def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temperature: float,
+def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temperature,
                 method: str, device, dtype, cache_dir, progress: bool, log, placement: dict | None = None) -> list[dict]:
     """Score (or reuse), fit and report each template's run of one model; the model is
-    loaded once, and only if some run needs scoring."""
+    loaded once, and only if some run needs scoring. `temperature` a list: each template
+    scored once for every temperature (one pass of forwards, runs/<model>__<template>/tau-<tau>),
+    one run per temperature."""
+    from dbgpu.commands.score import tau_name
     from dbgpu.commands.fit import fit_input
     from dbgpu.commands.report import report_job
     from dbgpu.commands.score import score_job
@@ -187,16 +191,22 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temper
             tok.append(lm.tokenizer if lm is not None else _tokenizer(model, cache_dir))
         return tok[0]
 
+    several = isinstance(temperature, list)
     for t in templates:
         task = tasks[t]
         label = f"{model} [{template_label(t)}]"
-        run_dir = out / "runs" / f"{slug(model)}__{slug(template_label(t))}"
-        wanted = {"model": model, "task": task_spec(task), "template_sha256": template_sha256(task),
-                  "answer_prefix": task.answer_prefix, "temperature": temperature, "method": method,
-                  "dtype": dt, "resolved": {"path": resolved["path"], "gguf_file": resolved["gguf_file"]}}
+        job_dir = run_dir = out / "runs" / f"{slug(model)}__{slug(template_label(t))}"
+        taus = temperature if several else [temperature]
+        dirs = [job_dir / tau_name(tau) for tau in taus] if several else [job_dir]
         prompts = lambda: None if tokenizer() is None else encode_states(tokenizer(), task, states).prompts_json  # noqa: E731
-        problem = reuse_problem(run_dir, states=states, meta_wanted=wanted, prompts=prompts,
-                                revision=lambda where: _current_revision(resolved, where))
+        problem = None
+        for tau, run_dir in zip(taus, dirs):
+            wanted = {"model": model, "task": task_spec(task), "template_sha256": template_sha256(task),
+                      "answer_prefix": task.answer_prefix, "temperature": tau, "method": method,
+                      "dtype": dt, "resolved": {"path": resolved["path"], "gguf_file": resolved["gguf_file"]}}
+            problem = problem or reuse_problem(run_dir, states=states, meta_wanted=wanted, prompts=prompts,
+                                               revision=lambda where: _current_revision(resolved, where))
+        run_dir = job_dir
         reused = problem is None
         if reused:
             log(f"[{label}] reusing the scores in {run_dir}")
@@ -206,31 +216,38 @@ def _model_runs(model: str, templates, tasks: dict, *, states, out: Path, temper
             if lm is None:
                 lm = load_model(model, device=rank_device(device, launched()), dtype=dtype, cache_dir=cache_dir,
                                 **(placement or {}))
-            log(f"[{label}] scoring {len(states)}x{len(states)} pairs -> {run_dir}")
+            log(f"[{label}] scoring {len(states)}x{len(states)} pairs"
+                + (f" at {len(taus)} temperatures from one pass" if several else "") + f" -> {run_dir}")
             if score_job(model=model, task=task, states=states, out=run_dir, template_path=t,
                          temperature=temperature, method=method, progress=progress, lm=lm, overwrite=True) is None:
                 continue                          # another rank of a launched job: rank 0 fits
             tok.clear()                                      # the loaded model's own tokenizer from now on
-        fit_input(run_dir, run_dir, device="cpu" if str(device) == "cpu" else "auto")
-        report_job(run_dir)
-        runs.append({"label": label, "dir": str(run_dir), "reused": reused, "states": states,
-                     "logT": np.load(run_dir / "logT.npy"), "meta": read_json(run_dir / "meta.json"),
-                     "potential": read_json(run_dir / "potential.json"),
-                     "stats": read_json(run_dir / "stats.json")})
+        for tau, run_dir in zip(taus, dirs):
+            fit_input(run_dir, run_dir, device="cpu" if str(device) == "cpu" else "auto")
+            report_job(run_dir)
+            runs.append({"label": f"{label} tau={format(tau, 'g')}" if several else label, "dir": str(run_dir),
+                         "reused": reused, "states": states, "tau": tau, "group": label,
+                         "logT": np.load(run_dir / "logT.npy"), "meta": read_json(run_dir / "meta.json"),
+                         "potential": read_json(run_dir / "potential.json"),
+                         "stats": read_json(run_dir / "stats.json")})
     return runs
 
 
 def compare_job(*, models: list[str], templates: list[str | None], task_name: str, states: list[str], out,
-                answer_prefix: str | None = None, temperature: float = 1.0, method: str = "tree",
+                answer_prefix: str | None = None, temperature=1.0, method: str = "tree",
                 device="auto", dtype="auto", cache_dir=None, placement: dict | None = None, progress: bool = True,
                 log=print) -> dict:
-    """Score (or reuse), fit and compare every model x template run. Returns compare.json's dict.
+    """Score (or reuse), fit and compare every model x template run (x temperature: `temperature`
+    a list scores each model x template once for all of them). Returns compare.json's dict.
     placement: big-model dispatch options for `load_model` (device_map, max_memory, offload_dir)."""
     from dbgpu.distributed import launched
     from dbgpu.models import resolve_model
     from dbgpu.tasks import canonical_states, get_task, read_template
 
-    _check(models, templates)
+    from dbgpu.commands.score import temperature_setting
+
+    temperature = temperature_setting(temperature)
+    _check(models, templates, temperature)
     base = get_task(task_name)
     tasks = {t: get_task(task_name, template=read_template(t, task=base), answer_prefix=answer_prefix)
              for t in templates}
@@ -267,19 +284,35 @@ def compare_summary(result: dict) -> str:
 
 
 def _write_comparison(out: Path, runs: list[dict], *, task_name: str, states: list[str],
-                      temperature: float) -> dict:
+                      temperature) -> dict:
     """compare.{csv,json,md}, runs.csv, spread.csv, uncertainty.json and the two figures,
-    between `begin_outputs` and `finish_outputs`."""
-    from dbgpu.comparison import compare_pair, potential_spread, spread_uncertainty
+    between `begin_outputs` and `finish_outputs`; with several temperatures also the
+    temperature axis of each model x template (temperature.csv, temperature.{png,pdf}, and
+    its section of compare.md and compare.json)."""
+    from dbgpu.comparison import alpha_spread, compare_pair, potential_spread, spread_uncertainty, temperature_axis
     from dbgpu.io import json_safe
-    from dbgpu.report import compare_markdown, plot_db_index, plot_potentials
+    from dbgpu.report import compare_markdown, plot_db_index, plot_potentials, plot_temperature, temperature_markdown
 
-    summaries = [run_summary(r) for r in runs]
+    summaries = [{**run_summary(r), "temperature": r["tau"]} for r in runs]
     rows = [compare_pair(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]]
     spread = potential_spread(runs)
     result = {"task": task_name, "states": states, "temperature": temperature, "runs": summaries, "pairs": rows,
               "spread": {k: v for k, v in spread.items() if k != "rows"}}
+    files = []
+    axes = {}
+    if isinstance(temperature, list):
+        groups: dict[str, list] = {}
+        for r in runs:
+            groups.setdefault(r["group"], []).append(r)
+        axes = {g: temperature_axis(rs) for g, rs in groups.items()}
+        result["temperature_axis"] = axes
+        result["alpha_spread"] = alpha_spread(axes)
     begin_outputs(out, "compare")
+    if axes:
+        plot_temperature(axes, out)
+        write_text_atomic(out / "temperature.csv", csv_text([{"run": g, **row} for g, a in axes.items()
+                                                             for row in a["rows"]]))
+        files = ["temperature.png", "temperature.pdf", "temperature.csv"]
     plot_potentials(runs, out)
     plot_db_index(summaries, out)
     write_text_atomic(out / "compare.csv", csv_text(rows))
@@ -287,8 +320,11 @@ def _write_comparison(out: Path, runs: list[dict], *, task_name: str, states: li
     write_text_atomic(out / "spread.csv", csv_text(spread["rows"]))
     write_json_atomic(out / "uncertainty.json", spread_uncertainty(spread, states))
     write_json_atomic(out / "compare.json", json_safe(result))
-    write_text_atomic(out / "compare.md", compare_markdown(summaries, rows, spread))
+    md = compare_markdown(summaries, rows, spread)
+    if axes:
+        md += "\n" + temperature_markdown(axes, result["alpha_spread"] if len(axes) > 1 else None)
+    write_text_atomic(out / "compare.md", md)
     finish_outputs(out, "compare", ["potentials.png", "potentials.pdf", "db_index.png", "db_index.pdf",
                                     "compare.csv", "runs.csv", "spread.csv", "uncertainty.json",
-                                    "compare.json", "compare.md"])
+                                    "compare.json", "compare.md", *files])
     return result

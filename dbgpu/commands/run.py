@@ -73,12 +73,14 @@ def seed_states(task, n: int) -> list[str]:
 
 
 def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[str] | None = None,
-            template_path=None, temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto",
+            template_path=None, temperature=1.0, method: str = "tree", device="auto", dtype="auto",
             cache_dir=None, batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
             overwrite: bool = False, progress: bool = True, surface_forms: str = "canonical",
             placement: dict | None = None, log=print) -> dict:
     """Seed states (or `states`) -> score -> fit -> explain -> report in `out`. Returns
-    {"meta", "stats", "report", "explain"} ({} on the other ranks of a launched job)."""
+    {"meta", "stats", "report", "explain"} ({} on the other ranks of a launched job).
+    Several temperatures: one pass of forwards, each DIR/tau-<tau> fitted and reported, and
+    the temperature axis in DIR/temperature.md; returns {"meta", "temperature", "reports"}."""
     import contextlib
 
     from dbgpu.commands.score import check_score_options
@@ -116,10 +118,14 @@ def _run(*, model, task, states, out: Path, device, log, **scoring) -> dict:
     meta = score_job(model=model, task=task, states=states, out=out, device=device, **scoring)
     if meta is None:                              # another rank of a launched job: rank 0 goes on
         return {}
+    several = isinstance(meta["temperature"], list)
     log(f"model {meta['model']} on {meta['device']} ({meta['dtype']}), loaded in {meta['load_seconds']:.1f} s"
-        f"{' from cache' if meta['loaded_from_cache'] else ''}; scored {len(states) ** 2} pairs in "
-        f"{meta['seconds']:.1f} s ({meta['tokens']} tokens)")
+        f"{' from cache' if meta['loaded_from_cache'] else ''}; scored {len(states) ** 2} pairs"
+        + (f" at {len(meta['temperature'])} temperatures from one pass" if several else "")
+        + f" in {meta['seconds']:.1f} s ({meta['tokens']} tokens)")
     log("")
+    if several:
+        return _run_temperatures(out, task, meta, device=device, log=log)
     log(kernel_summary(states, np.load(out / "logT.npy")))
     stats = fit_input(out, out, device="cpu" if device == "cpu" else "auto")
     explained = _explain(out, task, log=log)
@@ -132,6 +138,40 @@ def _run(*, model, task, states, out: Path, device, log, **scoring) -> dict:
     log(f"report: {report}")
     log(f"files in {out}/: " + ", ".join(sorted(p.name for p in out.iterdir() if not p.name.startswith("."))))
     return {"meta": meta, "stats": stats, "report": str(report), "explain": explained}
+
+
+def _run_temperatures(out: Path, task, meta: dict, *, device, log) -> dict:
+    """A several-temperature run: fit, explain and report each DIR/tau-<tau>, then the
+    temperature axis (`comparison.temperature_axis`) in DIR/temperature.md and
+    temperature.{png,pdf}."""
+    from dbgpu.commands.fit import fit_input
+    from dbgpu.commands.report import report_job
+    from dbgpu.comparison import temperature_axis
+    from dbgpu.io import begin_outputs, finish_outputs, json_safe, read_json, write_json_atomic, write_text_atomic
+    from dbgpu.report import plot_temperature, temperature_markdown
+
+    runs, reports = [], {}
+    for name, d in meta["runs"].items():
+        d = Path(d)
+        stats = fit_input(d, d, device="cpu" if device == "cpu" else "auto")
+        _explain(d, task, log=log)
+        reports[name] = str(report_job(d))
+        tau = read_json(d / "meta.json")["temperature"]
+        runs.append({"tau": tau, "potential": read_json(d / "potential.json"), "stats": stats})
+        log(f"tau {format(tau, 'g')}: beta {fmt(stats['pairwise']['slope'])}, pairwise r {fmt(stats['pairwise']['r'])}, "
+            f"Hodge gradient fraction {fmt(stats['hodge']['gradient_fraction'])} -> {reports[name]}")
+    axis = temperature_axis(runs)
+    label = f"{meta['model']} [{meta['task']}]"
+    begin_outputs(out, "temperature")
+    plot_temperature({label: axis}, out)
+    text = "# dbgpu run: temperature\n\n" + temperature_markdown({label: axis})
+    write_text_atomic(out / "temperature.md", text)
+    write_json_atomic(out / "temperature.json", json_safe(axis))
+    finish_outputs(out, "temperature", ["temperature.png", "temperature.pdf", "temperature.md", "temperature.json"])
+    log("")
+    log(text)
+    log(f"reports: {', '.join(reports.values())}; temperature axis: {out / 'temperature.md'}")
+    return {"meta": meta, "temperature": axis, "reports": reports}
 
 
 def _explain(out: Path, task, *, log) -> dict | None:

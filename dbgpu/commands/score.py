@@ -12,6 +12,14 @@ meta.json carries the reproducibility record (`dbgpu.provenance`): machine, GPU,
 cuDNN, package versions, git commit, command line, model revision and hashes, the
 prompts' hash and the date chat templates were rendered with.
 
+Several temperatures (`temperature` a sequence; `--temperature 0.5,0.7,1`) come from one pass
+of forwards (`dbgpu.scoring.head`: the head's logits once per chunk, a log-softmax per
+temperature). The job lives in DIR (its lock, job.json and shards, each shard holding every
+temperature's rows or none); each temperature's complete score directory is DIR/tau-<tau>
+(`format(tau, "g")`: tau-0.5, tau-1), its meta.json naming its temperature and the shared
+pass, so fit, report, explain and compare's reuse take each unchanged; DIR/temperatures.json
+(written last) lists them. One value keeps the single directory exactly as before.
+
 `--profile DIR` runs this call's scoring under torch.profiler: DIR/trace.json (Chrome /
 Perfetto trace, the scorer's stages labelled `dbgpu.<stage>`) and DIR/stages.md (time per
 stage, host and device (CUDA events), tokens/s; the host-device synchronisations per
@@ -30,13 +38,29 @@ from pathlib import Path
 
 import numpy as np
 
-from dbgpu.errors import DbgpuError, check_positive, check_temperature
+from dbgpu.errors import DbgpuError, check_positive
 from dbgpu.io import check_out_dir, locked_dir, read_json, utc_now, write_json_atomic
 from dbgpu.provenance import sha256_text
 from dbgpu.tasks import Task
 
 #: the files a score directory holds (what `overwrite` clears)
 SCORE_FILES = ("states.json", "logT.npy", "prompts.json", "meta.json")
+#: a several-temperature job's manifest, in DIR beside the DIR/tau-* score directories (written last)
+TEMPERATURES = "temperatures.json"
+
+
+def tau_name(tau: float) -> str:
+    """The score directory of one temperature of a several-temperature job: tau-0.5, tau-1."""
+    return f"tau-{format(tau, 'g')}"
+
+
+def temperature_setting(temperature):
+    """What the job records: one float (a single directory, as before), or a list of
+    floats (one pass, a directory per temperature)."""
+    from dbgpu.scoring.head import temperature_tuple
+
+    taus = temperature_tuple(temperature)
+    return taus[0] if isinstance(temperature, (int, float)) else list(taus)
 
 
 def check_score_options(*, temperature: float, method: str, max_logits: int | None, batch_tokens: int | None,
@@ -47,7 +71,7 @@ def check_score_options(*, temperature: float, method: str, max_logits: int | No
 
     if surface_forms not in SURFACE_FORMS:
         raise DbgpuError(f"unknown --surface-forms {surface_forms!r} (use {' or '.join(SURFACE_FORMS)})")
-    check_temperature(temperature)
+    temperature_setting(temperature)
     check_method(method)
     check_positive("max logits", max_logits, allow_none=True)
     check_positive("batch tokens", batch_tokens, allow_none=True)
@@ -127,14 +151,15 @@ def plan_job(*, model: str, task: Task, states: list[str], method: str = "tree",
 SETTING_DEFAULTS = {"surface_forms": "canonical"}
 
 
-def job_settings(*, model: str, task: Task, states: list[str], temperature: float, method: str, device_type: str,
+def job_settings(*, model: str, task: Task, states: list[str], temperature, method: str, device_type: str,
                  dtype: str, rows_per_block: int, surface_forms: str = "canonical") -> dict:
     """What a score directory is bound to: a resume must repeat every one of these."""
     from dbgpu.tasks import task_spec, template_sha256
 
     return {"model": model, "task": task_spec(task), "template_sha256": template_sha256(task),
             "answer_prefix": task.answer_prefix, "states_sha256": sha256_text(json.dumps(states, ensure_ascii=False, sort_keys=True)), "n_states": len(states),
-            "temperature": temperature, "method": method, "device_type": device_type, "dtype": dtype,
+            "temperature": temperature_setting(temperature), "method": method, "device_type": device_type,
+            "dtype": dtype,
             "rows_per_block": rows_per_block, "surface_forms": surface_forms}
 
 
@@ -155,7 +180,8 @@ def _open_job(out: Path, settings: dict, *, overwrite: bool) -> tuple[dict | Non
     from dbgpu import shards
 
     job = read_json(out / shards.JOB, what="score job manifest") if (out / shards.JOB).exists() else None
-    meta = read_json(out / "meta.json", what="meta file") if (out / "meta.json").exists() else None
+    done_file = out / TEMPERATURES if (out / TEMPERATURES).exists() else out / "meta.json"
+    meta = read_json(done_file, what="meta file") if done_file.exists() else None
     if job is not None:
         why = _differs(job.get("settings", {}), settings)
     elif meta is not None:
@@ -167,21 +193,46 @@ def _open_job(out: Path, settings: dict, *, overwrite: bool) -> tuple[dict | Non
                          f"or --overwrite")
     if why:
         shards.remove(out)
-        for name in SCORE_FILES:
-            (out / name).unlink(missing_ok=True)
+        _clear_scores(out, (job or {}).get("settings") or (meta or {}).get("job") or {})
         return None, None
-    complete = meta if job is None and meta is not None and (out / "logT.npy").exists() else None
+    complete = meta if job is None and meta is not None and _whole(out, meta) else None
     return job, complete
 
 
+def _score_dirs(out: Path, temperature) -> list[Path]:
+    """The score directories of a job at `temperature` (its recorded setting)."""
+    return [out / tau_name(t) for t in temperature] if isinstance(temperature, list) else [out]
+
+
+def _whole(out: Path, meta: dict) -> bool:
+    """Every score directory of a finished job still holds its matrix."""
+    return all((d / "logT.npy").exists() for d in _score_dirs(out, meta.get("job", {}).get("temperature")))
+
+
+def _clear_scores(out: Path, settings: dict) -> None:
+    """Remove the score files of the job recorded with `settings` (overwrite): DIR's own,
+    or its DIR/tau-* directories and temperatures.json."""
+    import shutil
+
+    for name in SCORE_FILES:
+        (out / name).unlink(missing_ok=True)
+    if isinstance(settings.get("temperature"), list):
+        for d in _score_dirs(out, settings["temperature"]):
+            shutil.rmtree(d, ignore_errors=True)
+    (out / TEMPERATURES).unlink(missing_ok=True)
+
+
 def score_job(*, model: str, task: Task, states: list[str], out: str | Path, template_path=None,
-              temperature: float = 1.0, method: str = "tree", device="auto", dtype="auto", cache_dir=None,
+              temperature=1.0, method: str = "tree", device="auto", dtype="auto", cache_dir=None,
               batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
               overwrite: bool = False, progress: bool = True, profile: str | Path | None = None, lm=None,
               surface_forms: str = "canonical", placement: dict | None = None) -> dict:
     """Score `states` under `model` into a score directory (resuming one that is part done).
     Returns meta.json's dict (with "already_complete": True when the directory held this
-    very score and nothing was done); None on the other ranks of a launched job.
+    very score and nothing was done); None on the other ranks of a launched job. With a
+    sequence of temperatures, one pass of forwards scores them all into DIR/tau-<tau>/;
+    the dict returned is temperatures.json's (the first temperature's meta.json with
+    "temperature" the list and "runs" {tau-name: directory}).
     surface_forms="all": T(f, g) sums every surface form of g the task lists. placement:
     big-model dispatch options for `load_model` (device_map, max_memory, offload_dir): one
     process spreads the model over its devices (not under a launcher)."""
@@ -258,7 +309,7 @@ def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, se
         job["calls"].append({"call": call, "started": utc_now(), "world": ranks.world, "device": str(lm.device)})
         write_json_atomic(out / shards.JOB, job)
     dd.barrier(ranks)
-    done, damaged = shards.read_shards(out, blocks, len(states))
+    done, damaged = shards.read_shards(out, blocks, len(states), lead=_lead(settings))
     missing = [k for k in range(len(blocks)) if k not in done]
     from dbgpu.models import text_config
 
@@ -276,11 +327,29 @@ def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, se
         return None
     job["calls"][-1].update(damaged=[p.name for p in damaged], wall_seconds=time.perf_counter() - t0)
     write_json_atomic(out / shards.JOB, job)
-    meta = _assemble(lm, task, states, out, enc=enc, job=job, template_path=template_path,
-                     temperature=options["temperature"], method=options["method"], plan=plan)
+    metas = _assemble(lm, task, states, out, enc=enc, job=job, template_path=template_path,
+                      method=options["method"], plan=plan)
     if profile is not None:
-        _write_profile(meta, profile, call=call, found=found, out=out)
-    return meta
+        for d, meta in metas.items():
+            _write_profile(meta, profile, call=call, found=found, out=d)
+    if len(metas) == 1 and not isinstance(settings["temperature"], list):
+        return metas[out]
+    return _write_temperatures(out, metas, settings)
+
+
+def _lead(settings: dict) -> tuple:
+    """The axes a shard's logT has before (rows, N): (K,) for K temperatures from one pass."""
+    t = settings["temperature"]
+    return (len(t),) if isinstance(t, list) else ()
+
+
+def _write_temperatures(out: Path, metas: dict, settings: dict) -> dict:
+    """DIR/temperatures.json, last: the several-temperature job is complete."""
+    first = next(iter(metas.values()))
+    doc = {**first, "temperature": settings["temperature"], "job": settings,
+           "runs": {d.name: str(d) for d in metas}, "created": utc_now()}
+    write_json_atomic(out / TEMPERATURES, doc)
+    return doc
 
 
 def _write_profile(meta: dict, profile: Path, *, call: int, found: dict, out: Path) -> None:
@@ -344,15 +413,17 @@ def _score_blocks(lm, enc, blocks: list[np.ndarray], mine: list[int], out: Path,
     bar.close()
 
 
-def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, temperature, method, plan: dict) -> dict:
-    """Every shard present: write the score directory (meta.json last) and drop the shards."""
+def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, method, plan: dict) -> dict:
+    """Every shard present: write the score directory (meta.json last), or one per temperature,
+    and drop the shards. Returns {directory: its meta.json dict}."""
     from dbgpu import shards
     from dbgpu.data import write_score_dir
     from dbgpu.scoring.stats import merge_stats
     from dbgpu.scoring.trie import trie_lower_bound
 
     blocks = shards.plan_blocks(np.array([len(p) for p in enc.prompt_ids]), job["settings"]["rows_per_block"])
-    done, damaged = shards.read_shards(out, blocks, len(states))
+    settings = job["settings"]
+    done, damaged = shards.read_shards(out, blocks, len(states), lead=_lead(settings))
     if damaged or len(done) != len(blocks):
         raise DbgpuError(f"{out}: {len(blocks) - len(done)} of {len(blocks)} row blocks are missing after "
                          f"scoring (a rank failed?); run the same command again to score them")
@@ -363,7 +434,7 @@ def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, tem
     for s in done.values():
         per_call[str(s.call)] = per_call.get(str(s.call), 0) + len(s.rows)
         by_call.setdefault(str(s.call), []).append(s.stats)
-    meta = _meta(lm=lm, task=task, states=states, template_path=template_path, temperature=temperature,
+    meta = _meta(lm=lm, task=task, states=states, template_path=template_path, temperature=settings["temperature"],
                  method=method, stats=stats, job=job)
     meta["scoring_calls"] = {c: merge_stats(parts) for c, parts in sorted(by_call.items())}
     meta["surface_forms"] = {"mode": job["settings"].get("surface_forms", "canonical"),
@@ -372,12 +443,27 @@ def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, tem
                       "rows_scored": int(sum(per_call.values())), "rows_per_call": per_call,
                       "damaged_rescored": sum(len(c.get("damaged", [])) for c in job["calls"]),
                       "calls": job["calls"]}
-    write_score_dir(out, states, shards.assemble(done, len(states)), prompts=enc.prompts_json, meta=meta)
+    logT = shards.assemble(done, len(states), lead=_lead(settings))
+    taus = settings["temperature"]
+    if not isinstance(taus, list):
+        write_score_dir(out, states, logT, prompts=enc.prompts_json, meta=meta)
+        shards.remove(out)
+        return {out: meta}
+    metas = {}
+    dirs = _score_dirs(out, taus)
+    for i, (tau, d) in enumerate(zip(taus, dirs)):
+        one = {**meta, "temperature": tau, "job": {**settings, "temperature": tau},
+               "temperature_pass": {"temperatures": taus, "index": i, "job_dir": str(out),
+                                    "dirs": [x.name for x in dirs],
+                                    "note": "every temperature's kernel from one pass of forwards; seconds, "
+                                            "tokens and scoring are the shared pass's"}}
+        write_score_dir(d, states, logT[i], prompts=enc.prompts_json, meta=one)
+        metas[d] = one
     shards.remove(out)
-    return meta
+    return metas
 
 
-def _meta(*, lm, task: Task, states: list[str], template_path, temperature: float, method: str,
+def _meta(*, lm, task: Task, states: list[str], template_path, temperature, method: str,
           stats: dict, job: dict) -> dict:
     """meta.json: what was scored, with what, how fast, and the reproducibility record."""
     from dbgpu.formatting import TEMPLATE_DATE
