@@ -70,7 +70,8 @@ def pooled_chisquare(observed: dict, probs: dict, n: int, *, min_expected: float
     exp = [n * probs[k] for k in keep]
     obs.append(n - sum(obs))
     exp.append(n - sum(exp))
-    if exp[-1] < min_expected:                        # nothing left over: drop the empty bin
-        obs[-2] += obs.pop()
-        exp[-2] += exp.pop()
+    if exp[-1] < min_expected and len(exp) > 1:       # too little left over: merge it into the last bin
+        rest_obs, rest_exp = obs.pop(), exp.pop()     # (not `obs[-2] += obs.pop()`: that indexes before the pop)
+        obs[-1] += rest_obs
+        exp[-1] += rest_exp
     return chisquare(obs, exp), keep

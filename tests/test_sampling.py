@@ -20,12 +20,14 @@ KV_CACHES = ["dynamic", "static"]
 
 
 @pytest.mark.parametrize("kv_cache", KV_CACHES)
-def test_first_token_frequencies_match_softmax(tiny_lms, word_task, kv_cache):
-    """One-token answers from the sampler follow softmax(z / tau) of a plain forward."""
+@pytest.mark.parametrize("tau", [0.3, 0.8])
+def test_first_token_frequencies_match_softmax(tiny_lms, word_task, kv_cache, tau):
+    """One-token answers from the sampler follow softmax(z / tau) of a plain forward, at a
+    low and a high temperature."""
     lm = tiny_lms("qwen2")
     tok = lm.tokenizer
     P = encode(tok, prompt_text(tok, word_task, "BUZZY"))
-    tau, n = 0.3, 3000
+    n = 3000
     g = torch.Generator().manual_seed(0)
     samples = sample_answers(lm.model, [P] * n, temperature=tau, max_new_tokens=1, stop_ids=[],
                              pad_id=tok.pad_token_id, generator=g, kv_cache=kv_cache)
@@ -35,6 +37,14 @@ def test_first_token_frequencies_match_softmax(tiny_lms, word_task, kv_cache):
     counts = Counter(s.ids[0] for s in samples)
     (stat, pval), keep = pooled_chisquare(counts, dict(enumerate(p)), n)
     assert len(keep) >= 5 and pval > 1e-3, (stat, pval)
+
+
+def test_pooled_chisquare_merges_a_small_leftover_into_the_last_bin():
+    """Hand-checked: n = 100 over p = (0.5, 0.46, 0.04); 'other' (4 expected) is merged into
+    the last kept outcome, so the bins are (50 | 46 + 4) against observed (55 | 45)."""
+    (stat, pval), keep = pooled_chisquare({"a": 55, "b": 40, "c": 5}, {"a": 0.5, "b": 0.46, "c": 0.04}, 100)
+    assert keep == ["a", "b"]
+    assert stat == pytest.approx(25 / 50 + 25 / 50, rel=1e-12)       # (55-50)^2/50 + (45-50)^2/50
 
 
 def test_sampler_is_deterministic_for_a_seed(tiny_lms, word_task):
@@ -71,11 +81,15 @@ def test_batched_sampling_matches_single_prompt_distribution(tiny_lms, word_task
     assert len(keep) >= 3 and pval > 1e-3, (stat, pval)
 
 
-def _exact_probs(lm, task, source: str, words: list[str], tau: float) -> dict:
+def _exact_probs(lm, task, source: str, words: list[str], tau: float, *, also: float | None = None) -> dict:
+    """exp(log T) of `words` from `source` at tau; with `also`, scored in one pass with a
+    second temperature (the multi-temperature scorer), tau's row returned."""
     tok = lm.tokenizer
     P = encode(tok, prompt_text(tok, task, source))
     C = [encode(tok, continuation_text(tok, task, w)) for w in words]
-    logT = score_matrix(lm.model, [P], C, temperature=tau, pad_id=tok.pad_token_id)[0]
+    taus = tau if also is None else [tau, also]
+    logT = score_matrix(lm.model, [P], C, temperature=taus, pad_id=tok.pad_token_id)
+    logT = logT[0] if also is None else logT[0, 0]
     return {w: float(np.exp(v)) for w, v in zip(words, logT)}
 
 
@@ -114,9 +128,16 @@ def test_dbgpu_sampler_agrees_with_exact_kernel(smollm2, word_task, kv_cache):
     _sampler_agrees_with_exact_kernel(smollm2, word_task, kv_cache=kv_cache)
 
 
-def _sampler_agrees_with_exact_kernel(lm, task, *, kv_cache: str, compile: bool = False):
+@pytest.mark.slow
+def test_sampler_agrees_with_the_exact_kernel_at_a_second_temperature(smollm2, word_task):
+    """tau = 0.4, its exact probabilities taken from a two-temperature pass of the scorer."""
+    _sampler_agrees_with_exact_kernel(smollm2, word_task, kv_cache="dynamic", tau=0.4, also=0.6)
+
+
+def _sampler_agrees_with_exact_kernel(lm, task, *, kv_cache: str, compile: bool = False, tau: float = 0.6,
+                                      also: float | None = None):
     """Sampled complete answers from BUZZY's prompt against exp(log T) of the tree scorer."""
-    tau, n = 0.6, 400
+    n = 400
     tok = lm.tokenizer
     P = encode(tok, prompt_text(tok, task, "BUZZY"))
     g = torch.Generator(device=lm.device).manual_seed(5)
@@ -128,7 +149,7 @@ def _sampler_agrees_with_exact_kernel(lm, task, *, kv_cache: str, compile: bool 
     cont = {w: tuple(encode(tok, task.render(w))) for w in words}
     counts = Counter(done)
     observed = {w: counts.get(cont[w], 0) for w in words}
-    probs = _exact_probs(lm, task, "BUZZY", words, tau)
+    probs = _exact_probs(lm, task, "BUZZY", words, tau, also=also)
     (stat, pval), keep = pooled_chisquare(observed, probs, n)
     assert sum(observed[w] for w in keep) > n / 4
     assert pval > 1e-3, (observed, {w: n * p for w, p in probs.items()}, stat, pval)
