@@ -131,7 +131,7 @@ def test_template_and_answer_prefix_reach_the_prompt(tmp_path, capsys):
     (["--model", "random:llama", "--state-list", "BUZZY", "--temperature", "0"], "temperature"),
     (["--model", "random:llama", "--state-list", "BUZZY", "--template", "MISSING.txt"], "template file not found"),
     (["--model", "random:llama", "--state-list", "BUZZY", "--device", "tpu"], "device"),
-    (["--model", "random:llama", "--state-list", "BUZZY", "--temperature", "hot"], "invalid float"),
+    (["--model", "random:llama", "--state-list", "BUZZY", "--temperature", "hot"], "not a number or comma-separated numbers"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
     (tmp_path / "CORRUPT.json").write_text('["BUZZY", ')
