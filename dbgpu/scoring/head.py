@@ -237,9 +237,20 @@ def token_logprobs(head: OutputHead, h: torch.Tensor, pos: torch.Tensor, tok: to
             z = head_logits(head, h[a:a + chunk])                                  # (c, V) on the head's device
             p, t = (pos_s[ka:kb] - a).to(z.device), tok_s[ka:kb].to(z.device)     # no-ops on one device
             picked = z[p, t]                                                       # (k,) chosen logits
+            if len(taus) == 1:
+                tau = taus[0]
+                if tau != 1.0:
+                    z.div_(tau)                                                    # in place: one (c, V) less
+                lse = torch.logsumexp(z, dim=-1)                                   # (c,)
+                vals[0, order[ka:kb]] = ((picked / tau if tau != 1.0 else picked) - lse[p]).to(vals.device)
+                continue
+            # several: logsumexp(z / tau) = m / tau + log sum exp((z - m) / tau), m = max z per
+            # row; z - m once, then per tau one scaled exp into a reused buffer and a sum
+            m = z.amax(dim=-1)                                                     # (c,)
+            z.sub_(m[:, None])                                                     # (c, V) <= 0
+            buf = torch.empty_like(z)
             for i, tau in enumerate(taus):                                         # len(tau) steps
-                zt = z if tau == 1.0 else (z.div_(tau) if len(taus) == 1 else z / tau)   # one temperature: in place
-                lse = torch.logsumexp(zt, dim=-1)                                  # (c,)
-                vals[i, order[ka:kb]] = (picked / tau - lse[p]).to(vals.device) if tau != 1.0 else \
-                    (picked - lse[p]).to(vals.device)
+                torch.mul(z, 1.0 / tau, out=buf).exp_()
+                lse = m / tau + buf.sum(dim=-1).log()                              # (c,)
+                vals[i, order[ka:kb]] = (picked / tau - lse[p]).to(vals.device)
     return vals[0] if isinstance(temperature, (int, float)) else vals
