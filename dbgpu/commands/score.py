@@ -332,9 +332,9 @@ def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, se
     if profile is not None:
         for d, meta in metas.items():
             _write_profile(meta, profile, call=call, found=found, out=d)
-    if len(metas) == 1 and not isinstance(settings["temperature"], list):
+    if not isinstance(settings["temperature"], list):
         return metas[out]
-    return _write_temperatures(out, metas, settings)
+    return read_json(out / TEMPERATURES, what="temperatures manifest")
 
 
 def _lead(settings: dict) -> tuple:
@@ -459,6 +459,7 @@ def _assemble(lm, task, states, out: Path, *, enc, job: dict, template_path, met
                                             "tokens and scoring are the shared pass's"}}
         write_score_dir(d, states, logT[i], prompts=enc.prompts_json, meta=one)
         metas[d] = one
+    _write_temperatures(out, metas, settings)          # before the shards go: a crash here loses nothing
     shards.remove(out)
     return metas
 
