@@ -105,13 +105,14 @@ def temperature_axis(runs: list[dict]) -> dict:
     temperature in the thermodynamic sense (one energy, T_tau ~ exp(-E / tau)), slope_bV =
     tau_ref / tau; the fit log slope_bV = c - alpha log(tau / tau_ref) gives alpha (1 for
     that; 0 for a kernel tau does not change) with its R^2, over the temperatures whose
-    slope is positive. O(R k) for R temperatures, k shared states."""
+    slope is positive. `bV`: per temperature the points of that slope (states, beta_ref V_ref,
+    beta_tau V_tau, re-centred), for the figure. O(R k) for R temperatures, k shared states."""
     from scipy.stats import pearsonr, spearmanr
 
     runs = sorted(runs, key=lambda r: r["tau"])
     ref = min(runs, key=lambda r: abs(np.log(r["tau"])))
     beta_ref = ref["stats"]["pairwise"].get("slope")
-    rows = []
+    rows, bV = [], {}
     for r in runs:
         st = r["stats"]
         beta = st["pairwise"].get("slope")
@@ -125,10 +126,11 @@ def temperature_axis(runs: list[dict]) -> dict:
             if beta is not None and beta_ref is not None:
                 x, y = beta_ref * vr, beta * v
                 row["slope_bV"] = float((x @ y) / (x @ x))
+                bV[format(r["tau"], "g")] = {"states": shared, "ref": x.tolist(), "tau": y.tolist()}
         rows.append(row)
     fit = [(np.log(r["tau"] / ref["tau"]), np.log(r["slope_bV"])) for r in rows
            if r["slope_bV"] is not None and r["slope_bV"] > 0]
-    out = {"reference_tau": ref["tau"], "rows": rows, "alpha": None, "alpha_intercept": None, "alpha_r2": None,
+    out = {"reference_tau": ref["tau"], "rows": rows, "bV": bV, "alpha": None, "alpha_intercept": None, "alpha_r2": None,
            "alpha_points": len(fit)}
     if len(fit) >= 3:
         lx, ly = np.array(fit).T

@@ -742,10 +742,11 @@ def temperature_markdown(axes: dict[str, dict], spread: dict | None = None) -> s
 
 
 def plot_temperature(axes: dict[str, dict], out: Path) -> None:
-    """temperature.{png,pdf}: beta and the Hodge gradient fraction against tau, and
-    slope bV against tau_ref / tau (the diagonal: a thermodynamic temperature)."""
-    fig = new_figure(figsize=(11, 3.6))
-    a1, a2, a3 = fig.subplots(1, 3)
+    """temperature.{png,pdf}: beta and the Hodge gradient fraction against tau, slope bV
+    against tau_ref / tau (the diagonal: a thermodynamic temperature), and beta_tau V_tau
+    against beta_ref V_ref on the shared states for the first model x template."""
+    fig = new_figure(figsize=(14, 3.6))
+    a1, a2, a3, a4 = fig.subplots(1, 4)
     for label, ax in axes.items():
         taus = np.array([r["tau"] for r in ax["rows"]])
         a1.plot(taus, [np.nan if r["beta"] is None else r["beta"] for r in ax["rows"]], "o-", label=label)
@@ -759,4 +760,10 @@ def plot_temperature(axes: dict[str, dict], out: Path) -> None:
     a3.plot(lim, lim, color="0.5", ls=":", lw=1, label="thermodynamic")
     a3.set(xlabel="tau_ref / tau", ylabel="slope of beta_tau V_tau on beta_ref V_ref")
     a3.legend(fontsize=7)
+    label, first = next(iter(axes.items()))
+    for tau, pts in first["bV"].items():
+        a4.scatter(pts["ref"], pts["tau"], s=8, label=f"tau {tau}")
+    a4.set(xlabel=f"beta V at tau {format(first['reference_tau'], 'g')}", ylabel="beta_tau V_tau")
+    a4.set_title(_label(label, 40), fontsize=8)
+    a4.legend(fontsize=7)
     save_figure(fig, out, "temperature")
