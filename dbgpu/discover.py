@@ -354,3 +354,77 @@ def enumerate_answers(model, prompts: list[list[int]], *, min_prob: float, tempe
     if stats is not None:
         stats.add(st)
     return out
+
+
+# ----------------------------------------------------------------------------- closure
+
+
+def answer_target(task, text: str) -> str | None:
+    """The state a complete answer lands on: the parsed state (the source itself included:
+    a self-transition is part of the kernel), the task's invalid state for a parsed state
+    that fails `valid`, None when the answer does not parse (rejected)."""
+    g = task.parse(text)
+    if g is None:
+        return None
+    if not task.valid(g) and task.invalid_state is not None:
+        return task.invalid_state
+    return g
+
+
+def source_masses(task, source: str, enum: Enumeration, targets: list[str | None]) -> dict:
+    """Where one source's probability went (float64 sums of the found answers' probabilities):
+
+    found = valid + invalid + rejected (complete answers that do not parse, plus the prefixes
+    the hopeless rule pruned, with their prefix's probability); not_enumerated = 1 - found =
+    truncated (open after max-depth tokens) + below_eps, up to float rounding; self: the part
+    of valid that answers the source itself."""
+    p = np.exp(enum.logprob)                                                   # (A,)
+    kind = np.array([0 if g is None else 1 if (g != task.invalid_state and task.valid(g)) else 2
+                     for g in targets], dtype=np.int64)                        # rejected, valid, invalid
+    same = np.array([g == source for g in targets], dtype=bool)
+    valid, invalid = float(p[kind == 1].sum()), float(p[kind == 2].sum())
+    rejected_answers = float(p[kind == 0].sum())
+    found = float(p.sum()) + enum.hopeless
+    return {"found": found, "valid": valid, "self": float(p[same].sum()), "invalid": invalid,
+            "rejected": rejected_answers + enum.hopeless, "rejected_answers": rejected_answers,
+            "hopeless": enum.hopeless, "not_enumerated": 1.0 - found, "truncated": enum.truncated,
+            "below_eps": enum.below, "answers": len(targets), "hopeless_prefixes": enum.n_hopeless,
+            "truncated_prefixes": enum.n_truncated, "depth": enum.depth}
+
+
+@dataclass
+class Closure:
+    """The search order: sources are the valid states in order of discovery (starts first);
+    each is searched once. Deterministic: the next batch depends only on what was absorbed."""
+
+    states: list[str]                                      # valid states, in order of discovery
+    searched: list[str] = field(default_factory=list)
+    found_by: dict = field(default_factory=dict)           # state -> the source that first answered it
+
+    def __post_init__(self):
+        self._seen = set(self.states)
+        self._done = set(self.searched)
+
+    def next_sources(self, n: int, *, max_states: int | None = None) -> list[str]:
+        """The next n states not yet searched (fewer at the end, or once max_states are searched)."""
+        room = n if max_states is None else max(0, min(n, max_states - len(self.searched)))
+        return [s for s in self.states if s not in self._done][:room]
+
+    def absorb(self, source: str, valid_targets: list[str]) -> list[str]:
+        """Mark `source` searched and take its valid targets in; returns the new states."""
+        if source in self._done:
+            raise DbgpuError(f"state {source} was searched twice")
+        self.searched.append(source)
+        self._done.add(source)
+        new = []
+        for g in valid_targets:
+            if g not in self._seen:
+                self._seen.add(g)
+                self.states.append(g)
+                self.found_by[g] = source
+                new.append(g)
+        return new
+
+    @property
+    def closed(self) -> bool:
+        return len(self.searched) == len(self.states)
