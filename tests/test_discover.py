@@ -253,6 +253,12 @@ def test_discover_outputs_and_resume_after_a_crash_give_the_uninterrupted_output
         # the accounting closes up to float32 softmax sums
         assert m["found"] + m["truncated"] + m["below_eps"] == pytest.approx(1.0, abs=1e-5)
         assert all(x["target"] == answer_target(letters, x["answer"]) for x in mine)
+        # float64 sums of the same float64 log-probs
+        assert m["valid"] == pytest.approx(sum(math.exp(x["logprob"]) for x in mine
+                                               if x["target"] is not None and letters.valid(x["target"])), abs=1e-12)
+        assert m["self"] == pytest.approx(sum(math.exp(x["logprob"]) for x in mine if x["target"] == f), abs=1e-12)
+        assert m["invalid"] == pytest.approx(sum(math.exp(x["logprob"]) for x in mine
+                                                 if x["target"] == "INVALID"), abs=1e-12)
 
     # crash once a batch's lines are on disk but before discovered.json names them, and
     # leave an unterminated line as a cut write would; then resume

@@ -125,7 +125,8 @@ def cut_back(out: Path, keep: int) -> None:
 
 
 def _records(lm, task, source: str, prompt: str, own: list[int], enum, *, eot: dict) -> tuple[list[dict], list]:
-    """answers.jsonl lines of one source (most probable first) and their targets."""
+    """answers.jsonl lines of one source (most probable first), and the targets of the
+    enumeration's answers in its own order (what `source_masses` takes)."""
     tok = lm.tokenizer
     order = np.argsort(-enum.logprob, kind="stable")
     ids = [enum.ids[i] for i in order]
@@ -139,7 +140,10 @@ def _records(lm, task, source: str, prompt: str, own: list[int], enum, *, eot: d
     recs = [{"source": source, "answer": t, "logprob": float(enum.logprob[i]), "target": g, "ids": x,
              "stop": st, "canonical": j == own + x + [s]}
             for t, i, g, x, st, j, s in zip(texts, order, targets, ids, stop_texts, joint, stops)]
-    return recs, targets
+    by_index = [None] * len(targets)                   # the targets in the enumeration's own order
+    for i, g in zip(order, targets):
+        by_index[i] = g
+    return recs, by_index
 
 
 def summary_of(doc: dict) -> dict:
