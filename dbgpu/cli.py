@@ -458,6 +458,9 @@ def _add_discover(sub) -> None:
                    help="answers of at most D tokens, end-of-turn included (default: the task's answer length, "
                         "word100 10, formula 48)")
     p.add_argument("--batch", type=int, default=4, metavar="B", help="sources searched together (default 4)")
+    p.add_argument("--kernel", action="store_true",
+                   help="also write DIR/kernel, a score directory of the lower-bound kernel on the searched "
+                        "states (T(f,g) summed over every found answer that parses to g), for fit")
     _threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_discover)
@@ -475,8 +478,10 @@ def _cmd_discover(args) -> int:
     res = discover_job(model=args.model, task=task, min_prob=args.min_prob, out=args.out, starts=starts,
                        temperature=args.temperature, max_states=args.max_states, max_depth=args.max_depth,
                        batch=args.batch, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
-                       placement=_placement(args), progress=not args.quiet)
+                       placement=_placement(args), progress=not args.quiet, kernel=args.kernel)
     print(discover_summary_text(res["summary"], res, out=Path(res["out"])))
+    if res.get("kernel"):
+        print(f"kernel (lower bound) -> {res['kernel']}")
     return 0
 
 

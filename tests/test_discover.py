@@ -283,10 +283,24 @@ def test_discover_outputs_and_resume_after_a_crash_give_the_uninterrupted_output
     again = json.loads((cut / "discovered.json").read_text())
     assert again["sources"] == doc["sources"] and again["found_by"] == doc["found_by"]
 
-    # a finished run called again searches nothing and changes no answer
-    res = _run(byte_lm, letters, cut)
+    # a finished run called again searches nothing and changes no answer; --kernel writes the
+    # lower-bound kernel as a score directory that fit takes
+    res = _run(byte_lm, letters, cut, kernel=True)
     assert res["sources"] == 0
     assert (cut / "answers.jsonl").read_bytes() == (whole / "answers.jsonl").read_bytes()
+    from dbgpu.commands.fit import fit_input
+    from dbgpu.data import read_score_dir
+
+    k = read_score_dir(cut / "kernel")
+    assert k.states == [s for s in doc["searched"] if letters.valid(s)]
+    for i, f in enumerate(k.states):
+        for j, g in enumerate(k.states):
+            p = sum(math.exp(x["logprob"]) for x in lines if x["source"] == f and x["target"] == g)
+            # float64 sums of the same terms, in another order
+            assert (k.logT[i, j] == -math.inf) if p == 0 else (k.logT[i, j] == pytest.approx(math.log(p), abs=1e-12))
+    assert np.isfinite(k.logT).sum() > len(k.states)          # off-diagonal transitions were found
+    stats = fit_input(cut / "kernel", tmp_path / "fit", progress=False)
+    assert stats["n_states"] == len(k.states)
 
 
 def test_discover_refuses_other_settings_and_bad_options(byte_lm, letters, tmp_path):

@@ -174,15 +174,56 @@ def discover_summary_text(s: dict, call: dict, *, out: Path) -> str:
     ])
 
 
+def kernel_matrix(states: list[str], lines: list[dict]) -> np.ndarray:
+    """log T (N, N) float64 of the found answers: T(f, g) = the sum of the probabilities of
+    every answer found from f that parses to g (every surface form and token sequence of g
+    >= eps); -inf where none was found. A lower bound on the agent's kernel."""
+    index = {s: i for i, s in enumerate(states)}
+    T = np.zeros((len(states), len(states)), dtype=np.float64)
+    rows = [(index[x["source"]], index[x["target"]], x["logprob"]) for x in lines
+            if x["source"] in index and x["target"] in index]
+    if rows:
+        f, g, lp = (np.array(c) for c in zip(*rows))
+        np.add.at(T, (f.astype(np.int64), g.astype(np.int64)), np.exp(lp.astype(np.float64)))
+    with np.errstate(divide="ignore"):
+        return np.log(T)
+
+
+def write_kernel(out: Path, doc: dict, lm, task) -> Path:
+    """out/kernel: a score directory (the `score` contract; `fit` takes it) of the lower-bound
+    kernel on the searched valid states, its meta.json naming the kind and the mass bound."""
+    from dbgpu.data import write_score_dir
+    from dbgpu.formatting import continuation_text, prompt_text
+
+    states = [s for s in doc["searched"] if s != task.invalid_state and task.valid(s)]
+    if not states:
+        raise DbgpuError("no valid state has been searched yet: there is no kernel to write")
+    lines = read_jsonl(out / ANSWERS, what="answers log").records
+    logT = kernel_matrix(states, lines)
+    s, ne = doc["settings"], np.array([doc["sources"][f]["not_enumerated"] for f in states])
+    bound = f"mass not enumerated per source: median {np.median(ne):.3g}, worst {ne.max():.3g}"
+    meta = {"model": s["model"], "resolved": getattr(lm, "resolved", None), "task": s["task"],
+            "template": s["template"], "answer_prefix": s["answer_prefix"], "temperature": s["temperature"],
+            "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device),
+            "method": f"discover lower-bound (every answer >= {s['min_prob']:g}; {bound})",
+            "surface_forms": {"mode": "every found"}, "kernel": "discover lower bound", "min_prob": s["min_prob"],
+            "max_depth": s["max_depth"], "not_enumerated": dict(zip(states, ne.tolist())),
+            "closed": doc["closed"], "created": utc_now()}
+    prompts = {"sources": {f: prompt_text(lm.tokenizer, task, f) for f in states},
+               "targets": {g: continuation_text(lm.tokenizer, task, g) for g in states}}
+    return write_score_dir(out / "kernel", states, logT, prompts=prompts, meta=meta)
+
+
 def discover_job(*, model: str, task, min_prob: float, out: str | Path, starts: list[str] | None = None,
                  temperature: float = 1.0, max_states: int | None = None, max_depth: int | None = None,
                  batch: int = DEFAULT_BATCH, device="auto", dtype="auto", cache_dir=None,
-                 placement: dict | None = None, progress: bool = True, lm=None,
+                 placement: dict | None = None, progress: bool = True, lm=None, kernel: bool = False,
                  stop_after: int | None = None, after_append=None) -> dict:
     """Search sources to closure (or max_states searched), appending to out/answers.jsonl and
     continuing a run already there. Returns this call's record with the run's summary.
 
     max_depth None: the task's `max_new_tokens` (explore's answer length) or 10.
+    kernel: also write out/kernel, the lower-bound kernel as a score directory (`write_kernel`).
     stop_after: end the call after this many batches (a deterministic stop point, for
     tests and for a budget); after_append(): called once a batch's lines are on disk,
     before discovered.json names them (tests put a crash there)."""
@@ -217,6 +258,8 @@ def discover_job(*, model: str, task, min_prob: float, out: str | Path, starts: 
                        progress=progress, stop_after=stop_after, after_append=after_append,
                        enumerate_answers=enumerate_answers, source_masses=source_masses, stats=DepthStats(),
                        append_records=append_records, hopeless_text=cannot_become_a_state)
+        if kernel:
+            call["kernel"] = str(write_kernel(out, doc, lm, task))
     return {**call, "summary": doc["summary"], "states": list(doc["states"]), "out": str(out)}
 
 
