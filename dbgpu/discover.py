@@ -230,7 +230,11 @@ def enumerate_answers(model, prompts: list[list[int]], *, min_prob: float, tempe
     B = len(prompts)
     log_eps = math.log(min_prob)
     P = common_prefix_length(prompts) if B > 1 else len(prompts[0]) - 1
-    check_tree_supported(model, prefix_length=P, max_length=max(map(len, prompts)) + max_depth)
+    try:
+        check_tree_supported(model, prefix_length=P, max_length=max(map(len, prompts)) + max_depth)
+    except DbgpuError as e:                        # the scorer's advice (--method plain) does not apply here
+        raise DbgpuError(str(e).replace("; use --method plain", "") + " (discover runs the tree scorer's masks)") \
+            from None
     stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     out = [Enumeration(ids=[], stop=[], logprob=np.empty(0)) for _ in range(B)]
     answers: list[list] = [[] for _ in range(B)]                   # (ids, stop, logprob)

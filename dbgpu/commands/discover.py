@@ -194,6 +194,7 @@ def write_kernel(out: Path, doc: dict, lm, task) -> Path:
     kernel on the searched valid states, its meta.json naming the kind and the mass bound."""
     from dbgpu.data import write_score_dir
     from dbgpu.formatting import continuation_text, prompt_text
+    from dbgpu.version import __version__
 
     states = [s for s in doc["searched"] if s != task.invalid_state and task.valid(s)]
     if not states:
@@ -206,9 +207,9 @@ def write_kernel(out: Path, doc: dict, lm, task) -> Path:
             "template": s["template"], "answer_prefix": s["answer_prefix"], "temperature": s["temperature"],
             "dtype": str(lm.dtype).removeprefix("torch."), "device": str(lm.device),
             "method": f"discover lower-bound (every answer >= {s['min_prob']:g}; {bound})",
-            "surface_forms": {"mode": "every found"}, "kernel": "discover lower bound", "min_prob": s["min_prob"],
+            "surface_forms": {"mode": "all found (>= eps)"}, "kernel": "discover lower bound", "min_prob": s["min_prob"],
             "max_depth": s["max_depth"], "not_enumerated": dict(zip(states, ne.tolist())),
-            "closed": doc["closed"], "created": utc_now()}
+            "closed": doc["closed"], "created": utc_now(), "versions": {"dbgpu": __version__}}
     prompts = {"sources": {f: prompt_text(lm.tokenizer, task, f) for f in states},
                "targets": {g: continuation_text(lm.tokenizer, task, g) for g in states}}
     return write_score_dir(out / "kernel", states, logT, prompts=prompts, meta=meta)
