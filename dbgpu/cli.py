@@ -462,6 +462,55 @@ def _cmd_explore(args) -> int:
     return 0
 
 
+def _add_discover(sub) -> None:
+    p = sub.add_parser("discover", help="every answer above a probability, exactly, from each state to closure",
+                       description="Enumerate every answer of probability >= EPS from each source (one batched "
+                                   "forward per depth over the whole frontier, the float32 head as score "
+                                   "computes it), then search again from each new valid state, to closure or "
+                                   "--max-states; append to DIR/answers.jsonl, write discovered.json and "
+                                   "states.json. A second call on DIR continues.")
+    _model_options(p)
+    _task_options(p)
+    p.add_argument("--min-prob", type=float, required=True, metavar="EPS",
+                   help="keep every answer (and search every prefix) of probability >= EPS")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory (created, or continued)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--start", default=None, metavar="STATE", help="start state (default: the task's, BUZZY)")
+    src.add_argument("--states", default=None, metavar="FILE",
+                     help="start from every state of a JSON list, text file or score directory")
+    p.add_argument("--max-states", type=int, default=None, metavar="N",
+                   help="search at most N sources in all (default: to closure)")
+    p.add_argument("--max-depth", type=int, default=None, metavar="D",
+                   help="answers of at most D tokens, end-of-turn included (default: the task's answer length, "
+                        "word100 10, formula 48)")
+    p.add_argument("--batch", type=int, default=4, metavar="B", help="sources searched together (default 4)")
+    p.add_argument("--kernel", action="store_true",
+                   help="also write DIR/kernel, a score directory of the lower-bound kernel on the searched "
+                        "states (T(f,g) summed over every found answer that parses to g), for fit")
+    _threads_option(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_discover)
+
+
+def _cmd_discover(args) -> int:
+    from pathlib import Path
+
+    from dbgpu.commands.discover import discover_job, discover_summary_text
+    from dbgpu.io import read_states_file
+
+    _set_threads(args)
+    task = _task_from(args)
+    starts = read_states_file(args.states) if args.states else [args.start] if args.start else None
+    res = discover_job(model=args.model, task=task, min_prob=args.min_prob, out=args.out, starts=starts,
+                       temperature=args.temperature, max_states=args.max_states, max_depth=args.max_depth,
+                       batch=args.batch, device=args.device, dtype=args.dtype, cache_dir=args.cache_dir,
+                       placement=_placement(args), progress=not args.quiet, kernel=args.kernel)
+    print(discover_summary_text(res["summary"], res, out=Path(res["out"])))
+    if res.get("kernel"):
+        print(f"kernel (lower bound) -> {res['kernel']}")
+    return 0
+
+
 def _add_states(sub) -> None:
     p = sub.add_parser("states", help="the valid states an explore run discovered, for score --states",
                        description="Print (or write) the discovered valid states of an explore directory "
@@ -504,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_compare(sub)
     _add_explore(sub)
+    _add_discover(sub)
     _add_states(sub)
     _add_explain(sub)
     return parser

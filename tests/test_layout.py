@@ -21,10 +21,10 @@ LAYERS = [
     "tasks.base", "tasks.expr", "tasks.word100", "tasks.formula", "tasks.loading", "tasks",
     "formatting",
     "scoring.trie", "scoring.plan", "scoring.stats", "scoring.head", "scoring.prefix", "scoring.plain", "scoring.tree", "scoring",
-    "sampling", "explore",
+    "sampling", "explore", "discover",
     "data", "graph", "fit", "stats", "msm", "uncertainty", "comparison", "explain", "report", "synthetic",
     "commands.score", "commands.fit", "commands.report", "commands.explain", "commands.run", "commands.compare",
-    "commands.explore", "commands.states", "commands",
+    "commands.explore", "commands.discover", "commands.states", "commands",
     "api",
     "cli", "__main__", "",
 ]
