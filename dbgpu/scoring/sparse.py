@@ -39,7 +39,7 @@ masks, no batch KV cache, float32 scores of one query chunk.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,20 +53,8 @@ ATTENTION_MODES = ("dense", "sparse")
 MAX_SCORES = 2 ** 25
 
 
-def layer_windows(config) -> dict[str, int | None]:
-    """Attention kinds the model's layers use: {kind: sliding window or None}."""
-    kinds = set(getattr(config, "layer_types", None) or [])
-    window = getattr(config, "sliding_window", None)
-    if not kinds:                                     # no per-layer types: one kind for all layers
-        return {"full_attention": window if getattr(config, "use_sliding_window", True) else None}
-    unknown = kinds - {"full_attention", "sliding_attention"}
-    if unknown:
-        raise DbgpuError(f"the tree scorer does not support attention layers of type {sorted(unknown)}; "
-                         "use --method plain")
-    return {k: (window if k == "sliding_attention" else None) for k in kinds}
-
-
 def check_attention_mode(mode: str) -> str:
+    """`mode` if it names an attention path (ATTENTION_MODES), else a one-line DbgpuError."""
     if mode not in ATTENTION_MODES:
         raise DbgpuError(f"unknown attention {mode!r} (use {' or '.join(ATTENTION_MODES)})")
     return mode
@@ -87,6 +75,7 @@ class SparseRows:
     windows: dict                     # {layer kind: window or None}
     layer_kinds: list | None          # config.layer_types or None (one kind)
     max_scores: int = MAX_SCORES
+    served: set = field(default_factory=set)   # layer indices this attention served (`check_served`)
 
 
 def ancestor_table(parent: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,13 +103,24 @@ def trie_tables(trie, device) -> dict:
             "depth": at(np.asarray(trie.depth[:I], dtype=np.int64))}
 
 
-def sparse_rows(tables: dict, *, prefix_kv: list, P: int, S: int, pad: torch.Tensor, config,
+def sparse_rows(tables: dict, *, prefix_kv: list, P: int, S: int, pad: torch.Tensor, windows: dict, config,
                 max_scores: int = MAX_SCORES) -> SparseRows:
-    """The SparseRows of a batch of width S against a trie's `trie_tables`, on pad's device."""
+    """The SparseRows of a batch of width S against a trie's `trie_tables`, on pad's device.
+    windows: {layer kind: sliding window or None}, as the dense masks read them."""
     qrel = torch.cat([torch.arange(S, device=pad.device), S + tables["depth"]])      # (Q,)
     return SparseRows(prefix_kv=prefix_kv, prefix=P, suffix=S, pad=pad, qrel=qrel, anc=tables["anc"],
-                      anc_ok=tables["anc_ok"], anc_gap=tables["anc_gap"], windows=layer_windows(config),
+                      anc_ok=tables["anc_ok"], anc_gap=tables["anc_gap"], windows=windows,
                       layer_kinds=getattr(config, "layer_types", None), max_scores=max_scores)
+
+
+def check_served(rows: SparseRows, config) -> None:
+    """Every decoder layer must have called the sparse attention: a model whose attention
+    does not go through transformers' AttentionInterface would otherwise have run its own,
+    unmasked, and scored wrong numbers silently."""
+    layers = config.num_hidden_layers
+    if len(rows.served) != layers:
+        raise DbgpuError(f"--attention sparse does not support {config.model_type} yet (its attention served "
+                         f"{len(rows.served)} of {layers} layers); use --attention dense")
 
 
 def keys_per_query(*, prefix: int, suffix: int, depth: np.ndarray) -> dict:
@@ -154,6 +154,7 @@ def sparse_attention_forward(module, query, key, value, attention_mask, scaling=
     g = Hq // Hkv
     S, P = rows.suffix, rows.prefix
     layer = module.layer_idx
+    rows.served.add(layer)
     w = _window(rows, layer)
     scale = scaling if scaling is not None else D ** -0.5
     dev = query.device

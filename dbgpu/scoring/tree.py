@@ -49,11 +49,24 @@ from dbgpu.models import text_config
 from dbgpu.scoring.head import hidden_states, output_head, token_logprobs
 from dbgpu.scoring.plan import default_budget, model_shape, plan_scoring, rows_per_forward
 from dbgpu.scoring.prefix import run_prefix
-from dbgpu.scoring.sparse import check_attention_mode, layer_windows, sparse_attention, sparse_rows, trie_tables
+from dbgpu.scoring.sparse import check_attention_mode, check_served, sparse_attention, sparse_rows, trie_tables
 from dbgpu.scoring.stats import ScoreStats
 from dbgpu.scoring.trie import Trie, build_trie, common_prefix_length, target_chunks
 
 # ----------------------------------------------------------------------------- masks
+
+
+def _layer_windows(config) -> dict[str, int | None]:
+    """Attention kinds the model's layers use: {kind: sliding window or None}."""
+    kinds = set(getattr(config, "layer_types", None) or [])
+    window = getattr(config, "sliding_window", None)
+    if not kinds:                                     # no per-layer types: one kind for all layers
+        return {"full_attention": window if getattr(config, "use_sliding_window", True) else None}
+    unknown = kinds - {"full_attention", "sliding_attention"}
+    if unknown:
+        raise DbgpuError(f"the tree scorer does not support attention layers of type {sorted(unknown)}; "
+                         "use --method plain")
+    return {k: (window if k == "sliding_attention" else None) for k in kinds}
 
 
 def tree_masks(allowed: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor, *, config, dtype) -> dict:
@@ -66,7 +79,7 @@ def tree_masks(allowed: torch.Tensor, qpos: torch.Tensor, kpos: torch.Tensor, *,
     """
     neg = torch.finfo(dtype).min
     out = {}
-    for kind, window in layer_windows(config).items():
+    for kind, window in _layer_windows(config).items():
         ok = allowed
         if window is not None:
             ok = ok & ((qpos[:, None] - kpos[None, :]) < window)
@@ -274,11 +287,14 @@ def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout
         with stats.stage("masks", device):
             ids = torch.cat([suffix, layout.tokens[None].expand(B, I)], dim=1)   # (B, Q)
             pad_t = torch.as_tensor(pad, device=device)
-            rows = sparse_rows(tables, prefix_kv=prefix_kv, P=P, S=S, pad=pad_t, config=text_config(model))
+            config = text_config(model)
+            rows = sparse_rows(tables, prefix_kv=prefix_kv, P=P, S=S, pad=pad_t, windows=_layer_windows(config),
+                               config=config)
             pos = (qpos[None, :] - pad_t[:, None]).clamp(min=0)                 # (B, Q)
         with stats.stage("forward", device), sparse_attention(model):
             h, _ = hidden_states(model, input_ids=ids, position_ids=pos, use_cache=False, dbgpu_rows=rows)
             h = h[:, S - 1:]                                      # (B, keep, H)
+        check_served(rows, config)
     else:
         h = _dense_forward(model, suffix, pad, layout, base, qpos, P=P, prefix_kv=prefix_kv, stats=stats)
     keep = I + 1
