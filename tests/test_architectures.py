@@ -3,6 +3,7 @@
 For each: the float32 head reproduces the model's own logits (its soft-capping / scaling
 included), and the tree scorer and the plain scorer equal a per-pair forward written
 here (`reference_logT`: the model's own full forward, log-softmax in float64) to 2e-5,
+the tree scorer with both attention paths (the dense masks and `--attention sparse`),
 with sliding windows (8 tokens) shorter than every prompt where the architecture has
 them. Architectures the tree scorer cannot serve exactly are refused, naming --method plain.
 """
@@ -78,8 +79,10 @@ def test_tree_and_plain_equal_a_per_pair_forward(word_task, arch):
     ref = np.array([[reference_logT(model, p, c) for c in C] for p in P])
     plain = score_matrix(model, P, C, method="plain", pad_id=tok.pad_token_id)
     tree = score_matrix(model, P, C, method="tree", pad_id=tok.pad_token_id, max_rows=2)
+    sparse = score_matrix(model, P, C, method="tree", attention="sparse", pad_id=tok.pad_token_id, max_rows=2)
     np.testing.assert_allclose(plain, ref, atol=2e-5, rtol=0)
     np.testing.assert_allclose(tree, ref, atol=2e-5, rtol=0)
+    np.testing.assert_allclose(sparse, ref, atol=2e-5, rtol=0)        # attention without masks: same numbers
     assert np.all(np.logaddexp.reduce(tree, axis=1) < 0)
 
 

@@ -20,7 +20,7 @@ LAYERS = [
     "models",
     "tasks.base", "tasks.expr", "tasks.word100", "tasks.formula", "tasks.loading", "tasks",
     "formatting",
-    "scoring.trie", "scoring.plan", "scoring.stats", "scoring.head", "scoring.prefix", "scoring.plain", "scoring.tree", "scoring",
+    "scoring.trie", "scoring.plan", "scoring.stats", "scoring.head", "scoring.sparse", "scoring.prefix", "scoring.plain", "scoring.tree", "scoring",
     "sampling", "explore", "discover",
     "data", "graph", "fit", "stats", "msm", "uncertainty", "comparison", "explain", "report", "synthetic",
     "commands.score", "commands.fit", "commands.report", "commands.explain", "commands.run", "commands.compare",

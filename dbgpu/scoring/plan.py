@@ -29,6 +29,14 @@ of one forward, bytes (d = bytes of the model dtype):
 
 and the predicted peak is weights + prefix KV + masks + max(batch KV + activations, head) (the
 batch KV cache is freed before the head runs).
+
+With the sparse attention (`attention="sparse"`, `dbgpu.scoring.sparse`) a query attends to
+P + S + its ancestors (at most A = deepest internal node + 1) instead of K keys: no masks, no
+batch KV cache (the rows' own keys are the layer's), and the attention's working memory is
+float32 copies of the layer's q, k, v (B x Q x (heads + 2 kv) x head_dim x 4), the gathered
+ancestor keys and values (2 B x kv x I x A x head_dim x 4) and one query chunk of float32
+scores (at most 2^25 elements, x 3 for scores, weights and a masked copy). Its attention
+grows as I, not I^2, so the trie is cut into chunks only where one row would not fit.
 Rows per forward are the most that keep B x Q within the token budget and batch KV +
 activations within the working-memory budget; the float32 head is chunked over positions
 (at most `head_logits` logits at once), so logits never bound the batch. A trie whose one
@@ -85,6 +93,8 @@ class TrieSizes:
     prefix: int
     suffix: int
     internal: int
+    ancestors: int = 0                # A: the most keys a trie node sees among the nodes (deepest + 1)
+    mean_ancestors: float = 0.0       # the mean over internal nodes (depth + 1)
 
 
 #: budgets when the user names none: (token positions, working bytes, head logits)
@@ -126,8 +136,11 @@ def trie_sizes(prompts: list[list[int]], conts: list[list[int]]) -> TrieSizes:
     from dbgpu.scoring.trie import build_trie, common_prefix_length
 
     P = common_prefix_length(prompts)
+    trie = build_trie(conts)
+    depth = trie.depth[:trie.n_internal]
     return TrieSizes(n_sources=len(prompts), n_targets=len(conts), prefix=P,
-                     suffix=max(len(p) for p in prompts) - P, internal=build_trie(conts).n_internal)
+                     suffix=max(len(p) for p in prompts) - P, internal=trie.n_internal,
+                     ancestors=int(depth.max(initial=-1)) + 1, mean_ancestors=float(depth.mean() + 1) if len(depth) else 0.0)
 
 
 def forward_count(n_sources: int, *, rows: int, block_rows: int) -> int:
@@ -141,9 +154,18 @@ def _round16(k: int) -> int:
     return -(-k // 16) * 16
 
 
-def memory(shape: ModelShape, *, rows: int, queries: int, keys: int, prefix: int, head_logits: int) -> dict:
-    """Predicted bytes of one forward pass (see the module docstring), by part, and the peak."""
+#: the sparse attention's float32 scores per query chunk (elements; `sparse.MAX_SCORES`)
+SPARSE_SCORES = 2 ** 25
+
+
+def memory(shape: ModelShape, *, rows: int, queries: int, keys: int, prefix: int, head_logits: int,
+           attention: str = "dense", ancestors: int = 0) -> dict:
+    """Predicted bytes of one forward pass (see the module docstring), by part, and the peak.
+    Sparse: keys = the most one query sees (P + S + A), ancestors = A."""
     d, B, Q, K = shape.dtype_bytes, rows, queries, keys
+    if attention == "sparse":
+        return _sparse_memory(shape, rows=B, queries=Q, keys=K, prefix=prefix, head_logits=head_logits,
+                              ancestors=ancestors)
     kv_row = shape.layers * 2 * shape.kv_heads * shape.head_dim * d          # bytes per key position
     act = B * Q * (6 * shape.hidden + 4 * shape.intermediate + 3 * (shape.heads + 2 * shape.kv_heads)
                    * shape.head_dim) * d
@@ -160,32 +182,52 @@ def memory(shape: ModelShape, *, rows: int, queries: int, keys: int, prefix: int
     return out
 
 
+def _sparse_memory(shape: ModelShape, *, rows: int, queries: int, keys: int, prefix: int, head_logits: int,
+                   ancestors: int) -> dict:
+    d, B, Q = shape.dtype_bytes, rows, queries
+    kv_row = shape.layers * 2 * shape.kv_heads * shape.head_dim * d
+    act = B * Q * (6 * shape.hidden + 4 * shape.intermediate + 3 * (shape.heads + 2 * shape.kv_heads)
+                   * shape.head_dim) * d
+    act += B * Q * (shape.heads + 2 * shape.kv_heads) * shape.head_dim * 4          # float32 q, k, v
+    act += 2 * B * shape.kv_heads * Q * ancestors * shape.head_dim * 4              # gathered ancestors
+    act += 3 * 4 * min(SPARSE_SCORES, B * shape.heads * Q * keys)                   # one chunk of scores
+    out = {"weights": shape.n_params * d, "prefix_kv": prefix * kv_row, "masks": 0, "batch_kv": 0,
+           "activations": act,
+           "head": B * (Q - 1) * shape.hidden * d + 8 * min(head_logits, B * (Q - 1) * shape.vocab) + _HEAD_TILE}
+    out["peak"] = out["weights"] + out["prefix_kv"] + max(out["activations"], out["head"])
+    return out
+
+
 def _work(m: dict) -> int:
     """The part of a forward's memory the working budget bounds (what grows with rows)."""
     return max(m["batch_kv"] + m["activations"], m["head"] - _HEAD_TILE) + m["masks"]
 
 
 def rows_per_forward(shape: ModelShape, budget: Budget, *, queries: int, keys: int, prefix: int,
-                     n_rows: int) -> int:
+                     n_rows: int, attention: str = "dense", ancestors: int | None = None) -> int:
     """The most rows (at least 1, at most n_rows and budget.max_rows) whose B x Q token
     positions fit the token budget and whose working memory fits budget.work_bytes."""
     hi = max(1, min(n_rows, budget.max_rows, budget.tokens // queries))
     lo = 1
     while lo < hi:                                      # working memory grows with B: bisect
         mid = (lo + hi + 1) // 2
-        m = memory(shape, rows=mid, queries=queries, keys=keys, prefix=prefix, head_logits=budget.head_logits)
+        m = memory(shape, rows=mid, queries=queries, keys=keys, prefix=prefix, head_logits=budget.head_logits,
+                   attention=attention, ancestors=keys - prefix if ancestors is None else ancestors)
         lo, hi = (mid, hi) if _work(m) <= budget.work_bytes else (lo, mid - 1)
     return lo
 
 
-def max_internal(shape: ModelShape, budget: Budget, *, suffix: int, prefix: int) -> int:
+def max_internal(shape: ModelShape, budget: Budget, *, suffix: int, prefix: int, attention: str = "dense",
+                 ancestors: int = 0) -> int:
     """The most internal trie nodes one row may hold: S + I within the token budget and one
     row's working memory within budget.work_bytes (at least 1)."""
     hi, lo = max(1, budget.tokens - suffix), 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
         Q = suffix + mid
-        m = memory(shape, rows=1, queries=Q, keys=prefix + Q, prefix=prefix, head_logits=budget.head_logits)
+        K = prefix + suffix + ancestors if attention == "sparse" else prefix + Q
+        m = memory(shape, rows=1, queries=Q, keys=K, prefix=prefix, head_logits=budget.head_logits,
+                   attention=attention, ancestors=ancestors)
         lo, hi = (mid, hi) if _work(m) <= budget.work_bytes else (lo, mid - 1)
     return lo
 
@@ -248,48 +290,60 @@ class Plan:
     budget: dict
     shape: dict
     sizes: dict
+    attention: str = "dense"          # dense (tree masks) or sparse (`dbgpu.scoring.sparse`)
+    keys_per_query: float = 0.0       # mean keys a query attends to (dense: K; sparse: P + S + ancestors)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def plan_batches(shape: ModelShape, sizes: TrieSizes, budget: Budget, *, block_rows: int | None = None,
-                 chunk_internal: list[int] | None = None, cap: int | None = None) -> Plan:
+                 chunk_internal: list[int] | None = None, cap: int | None = None, attention: str = "dense") -> Plan:
     """The plan: target chunks, rows per forward, token positions per forward and predicted
     peak memory, from the model's shape, the trie's sizes and the budget. block_rows: the
     most sources scored in one call (a score job's rows per block). chunk_internal: the
     internal nodes of each target chunk when known (`plan_scoring`), else even chunks of at
     most `max_internal` nodes are assumed. Figures are those of the largest chunk; forwards
     counts every chunk's. cap: the internal nodes per chunk `plan_scoring` settled on."""
-    cap = cap or chunk_size(shape, sizes, cap=max_internal(shape, budget, suffix=sizes.suffix, prefix=sizes.prefix))
+    sparse = attention == "sparse"
+    A = sizes.ancestors
+    if not cap:
+        cap = max_internal(shape, budget, suffix=sizes.suffix, prefix=sizes.prefix, attention=attention, ancestors=A)
+        cap = cap if sparse else chunk_size(shape, sizes, cap=cap)
     if chunk_internal is None:
         n = -(-sizes.internal // cap)
         chunk_internal = [min(cap, -(-sizes.internal // n))] * n
     n_rows = min(sizes.n_sources, block_rows or sizes.n_sources)
-    rows_of = [rows_per_forward(shape, budget, queries=sizes.suffix + i, keys=sizes.prefix + sizes.suffix + i,
-                                prefix=sizes.prefix, n_rows=n_rows) for i in chunk_internal]
+    keys_of = lambda i: sizes.prefix + sizes.suffix + (A if sparse else i)          # noqa: E731
+    rows_of = [rows_per_forward(shape, budget, queries=sizes.suffix + i, keys=keys_of(i), prefix=sizes.prefix,
+                                n_rows=n_rows, attention=attention, ancestors=A) for i in chunk_internal]
     internal = max(chunk_internal)
     rows = rows_of[chunk_internal.index(internal)]
     Q = sizes.suffix + internal
-    K = sizes.prefix + Q
+    K = keys_of(internal)
+    S = sizes.suffix
+    per_query = (sizes.prefix + (S * (S + 1) / 2 + internal * (S + sizes.mean_ancestors)) / max(Q, 1)) if sparse else K
     limits = {"sources": n_rows, "rows": budget.max_rows, "tokens": max(1, budget.tokens // Q)}
     limited_by = next((k for k, v in limits.items() if v == rows), "memory")
-    m = memory(shape, rows=rows, queries=Q, keys=K, prefix=sizes.prefix, head_logits=budget.head_logits)
+    m = memory(shape, rows=rows, queries=Q, keys=K, prefix=sizes.prefix, head_logits=budget.head_logits,
+               attention=attention, ancestors=A)
     return Plan(rows_per_forward=rows, tokens_per_forward=rows * Q, queries=Q, keys=K, internal_per_chunk=internal,
                 target_chunks=len(chunk_internal), max_internal=cap,
                 forwards=sum(forward_count(sizes.n_sources, rows=r, block_rows=n_rows) for r in rows_of),
-                limited_by=limited_by, memory=m, budget=asdict(budget), shape=asdict(shape), sizes=asdict(sizes))
+                limited_by=limited_by, memory=m, budget=asdict(budget), shape=asdict(shape), sizes=asdict(sizes),
+                attention=attention, keys_per_query=float(per_query))
 
 
 def plan_scoring(shape: ModelShape, prompts: list[list[int]], conts: list[list[int]], budget: Budget, *,
-                 block_rows: int | None = None) -> Plan:
+                 block_rows: int | None = None, attention: str = "dense") -> Plan:
     """`plan_batches` of token-id prompts and continuations, with the target chunks the tree
     scorer will cut (`trie.target_chunks`): the plan it follows. O(total tokens)."""
     from dbgpu.scoring.trie import build_trie, target_chunks
 
     sizes = trie_sizes(prompts, conts)
-    most = max_internal(shape, budget, suffix=sizes.suffix, prefix=sizes.prefix)
-    cap = chunk_size(shape, sizes, cap=most)
+    most = max_internal(shape, budget, suffix=sizes.suffix, prefix=sizes.prefix, attention=attention,
+                        ancestors=sizes.ancestors)
+    cap = most if attention == "sparse" else chunk_size(shape, sizes, cap=most)
     chunks = target_chunks(conts, max_internal=cap)
     want = -(-sizes.internal // cap)
     while len(chunks) > want and cap < most:          # greedy packing left a remainder: widen a little
@@ -297,7 +351,8 @@ def plan_scoring(shape: ModelShape, prompts: list[list[int]], conts: list[list[i
         chunks = target_chunks(conts, max_internal=cap)
     internal = [sizes.internal] if len(chunks) == 1 else \
         [build_trie([conts[j] for j in c]).n_internal for c in chunks]
-    return plan_batches(shape, sizes, budget, block_rows=block_rows, chunk_internal=internal, cap=cap)
+    return plan_batches(shape, sizes, budget, block_rows=block_rows, chunk_internal=internal, cap=cap,
+                        attention=attention)
 
 
 def plan_table(plan: Plan | dict, *, title: str = "") -> str:
@@ -310,6 +365,7 @@ def plan_table(plan: Plan | dict, *, title: str = "") -> str:
         ("shared prefix / longest suffix", f"{s['prefix']} / {s['suffix']} tokens"),
         ("trie internal nodes", f"{s['internal']:,} ({p['target_chunks']} target chunk(s) of <= {p['max_internal']:,})"),
         ("queries / keys per row", f"{p['queries']:,} / {p['keys']:,}"),
+        ("attention / keys per query", f"{p.get('attention', 'dense')} / {p.get('keys_per_query') or p['keys']:,.0f}"),
         ("rows per forward", f"{p['rows_per_forward']} (limited by {p['limited_by']})"),
         ("token positions per forward", f"{p['tokens_per_forward']:,} (budget {b['tokens']:,})"),
         ("forward passes (estimated)", f"{p['forwards']:,}"),

@@ -49,6 +49,7 @@ from dbgpu.models import text_config
 from dbgpu.scoring.head import hidden_states, output_head, temperature_tuple, token_logprobs
 from dbgpu.scoring.plan import default_budget, model_shape, plan_scoring, rows_per_forward
 from dbgpu.scoring.prefix import run_prefix
+from dbgpu.scoring.sparse import check_attention_mode, check_served, sparse_attention, sparse_rows, trie_tables
 from dbgpu.scoring.stats import ScoreStats
 from dbgpu.scoring.trie import Trie, build_trie, common_prefix_length, target_chunks
 
@@ -164,7 +165,7 @@ class TrieLayout:
 
     tokens: torch.Tensor              # (I,) token ids of the internal nodes (what rows feed)
     depth: torch.Tensor               # (I,) depth of each internal node
-    anc: torch.Tensor                 # (I, I) bool ancestor table
+    anc: torch.Tensor | None          # (I, I) bool ancestor table (None on the sparse path)
     pred: torch.Tensor                # (M,) kept position predicting node m: 0 (root child) or 1 + parent
     tok: torch.Tensor                 # (M,) token id of node m
     levels: list                      # [(nodes (n_d,), their parents (n_d,))] for depth d = 1, 2, ...
@@ -175,13 +176,14 @@ class TrieLayout:
         return len(self.tokens)
 
 
-def trie_layout(trie: Trie, device) -> TrieLayout:
-    """The device tensors of `trie`: O(M + I^2 bits) memory, O(depth x I) work, once per trie."""
+def trie_layout(trie: Trie, device, *, table: bool = True) -> TrieLayout:
+    """The device tensors of `trie`: O(M + I^2 bits) memory, O(depth x I) work, once per trie
+    (table=False: no (I, I) ancestor table, as the sparse attention needs none)."""
     I = trie.n_internal
     at = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long, device=device)   # noqa: E731
     levels = [(at(np.flatnonzero(trie.depth == d)), at(trie.parent[trie.depth == d]))
               for d in range(1, int(trie.depth.max(initial=0)) + 1)]
-    return TrieLayout(tokens=at(trie.token[:I]), depth=at(trie.depth[:I]), anc=ancestors(trie, device),
+    return TrieLayout(tokens=at(trie.token[:I]), depth=at(trie.depth[:I]), anc=ancestors(trie, device) if table else None,
                       pred=at(trie.parent + 1), tok=at(trie.token), levels=levels, ends=at(trie.ends))
 
 
@@ -249,12 +251,10 @@ def _is_oom(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout, base: dict, qpos: torch.Tensor,
-                *, P: int, head, prefix_kv, temperature, stats, max_elements) -> np.ndarray:
-    """log T for a batch of sources against one trie: (len(tau), B, C) float64 (temperature: a
-    tuple). suffix (B, S) token
-    ids left-padded by pad (B,) tokens (host ints); base masks and qpos from `suffix_masks`
-    (width S)."""
+def _dense_forward(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout, base: dict, qpos: torch.Tensor,
+                   *, P: int, prefix_kv, stats) -> torch.Tensor:
+    """The dense path's decoder forward of a batch: (B, I + 1, H) hidden states at the last
+    suffix token and the trie nodes (shared masks, the prefix cache expanded to the rows)."""
     from transformers import DynamicCache
 
     device = suffix.device
@@ -272,6 +272,32 @@ def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout
                              use_cache=cache is not None, cache=cache)         # (B, Q, H)
         h = h[:, S - 1:]                                          # (B, keep, H): last suffix token + nodes
         del cache, mask                                           # the batch's KV cache is freed before the head
+    return h
+
+
+def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout, base: dict, qpos: torch.Tensor,
+                *, P: int, head, prefix_kv, temperature, stats, max_elements, tables=None) -> np.ndarray:
+    """log T for a batch of sources against one trie: (len(tau), B, C) float64 (temperature: a
+    tuple). suffix (B, S) token ids left-padded by pad (B,) tokens (host ints); base masks and
+    qpos from `suffix_masks` (width S). tables (`sparse.trie_tables`): the sparse attention instead, no masks (base
+    None), no batch KV cache."""
+    device = suffix.device
+    B, S = suffix.shape
+    I = layout.n_internal
+    if tables is not None:
+        with stats.stage("masks", device):
+            ids = torch.cat([suffix, layout.tokens[None].expand(B, I)], dim=1)   # (B, Q)
+            pad_t = torch.as_tensor(pad, device=device)
+            config = text_config(model)
+            rows = sparse_rows(tables, prefix_kv=prefix_kv, P=P, S=S, pad=pad_t, windows=_layer_windows(config),
+                               config=config)
+            pos = (qpos[None, :] - pad_t[:, None]).clamp(min=0)                 # (B, Q)
+        with stats.stage("forward", device), sparse_attention(model):
+            h, _ = hidden_states(model, input_ids=ids, position_ids=pos, use_cache=False, dbgpu_rows=rows)
+            h = h[:, S - 1:]                                      # (B, keep, H)
+        check_served(rows, config)
+    else:
+        h = _dense_forward(model, suffix, pad, layout, base, qpos, P=P, prefix_kv=prefix_kv, stats=stats)
     keep = I + 1
     with stats.stage("head", device):
         M = len(layout.tok)
@@ -282,7 +308,7 @@ def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout
         logT = path_sums(node_lp, layout)                         # (T, B, C)
     with stats.stage("transfer", device):
         out = logT.cpu().numpy()
-    Q = ids.shape[1]
+    Q = S + I
     stats.count(tokens=B * Q - int(pad.sum()), padded=B * Q, logits=B * keep)
     stats.extra["tokens_per_forward"] = max(stats.extra.get("tokens_per_forward", 0), B * Q)
     return out
@@ -303,8 +329,11 @@ def _score_chunk(model, logT: np.ndarray, order: np.ndarray, suffix: torch.Tenso
         S = int(lengths[rows[0]])
         if S != width:                                # widths only fall: each is built once per chunk
             with stats.stage("masks", device):
-                base, qpos = suffix_masks(layout, S=S, P=P, config=text_config(model),
-                                          dtype=next(model.parameters()).dtype)
+                if kw.get("tables") is not None:      # sparse: positions only, no masks
+                    qpos = P + torch.cat([torch.arange(S, device=device), S + layout.depth])   # (Q,)
+                else:
+                    base, qpos = suffix_masks(layout, S=S, P=P, config=text_config(model),
+                                              dtype=next(model.parameters()).dtype)
             width = S
         idx = torch.as_tensor(rows, device=device)
         pad = S - lengths[rows]                                                  # (B,) on the host
@@ -334,7 +363,7 @@ def _left_padded(suffixes: list[list[int]], *, pad_id: int, device) -> torch.Ten
 
 def batch_plan(model, prompts: list[list[int]], conts: list[list[int]], *, batch_tokens: int | None = None,
                max_logits: int | None = None, work_bytes: int | None = None, max_rows: int = 256,
-               block_rows: int | None = None):
+               block_rows: int | None = None, attention: str = "dense"):
     """(ModelShape, Budget, Plan) of scoring `prompts` x `conts` with a loaded model: its
     config, exact parameter count, dtype and device's defaults (`plan.plan_batches`)."""
     param = next(model.parameters())
@@ -343,13 +372,14 @@ def batch_plan(model, prompts: list[list[int]], conts: list[list[int]], *, batch
                         n_params=sum(p.numel() for p in model.parameters()))
     budget = default_budget(input_device(model).type, tokens=batch_tokens, head_logits=max_logits, work_bytes=work_bytes,
                             max_rows=max_rows)
-    return shape, budget, plan_scoring(shape, prompts, conts, budget, block_rows=block_rows)
+    return shape, budget, plan_scoring(shape, prompts, conts, budget, block_rows=block_rows, attention=attention)
 
 
 @torch.inference_mode()
 def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, temperature=1.0,
                       batch_tokens: int | None = None, max_logits: int | None = None, work_bytes: int | None = None,
-                      max_rows: int = 256, pad_id: int = 0, progress: bool = False, stats=None) -> np.ndarray:
+                      max_rows: int = 256, pad_id: int = 0, progress: bool = False, stats=None,
+                      attention: str = "dense") -> np.ndarray:
     """log T for every (prompt, continuation) pair: (N, M) float64, row = source; for a
     sequence of temperatures (len(tau), N, M), every one from the same forwards.
 
@@ -358,9 +388,12 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     most max_rows rows; max_logits float32 logits held at once by the chunked head. Rows
     per forward halve on out-of-memory and never lose finished rows. pad_id fills the left
     padding of a batch's shorter suffixes (masked; any id will do). Architectures it cannot
-    serve exactly are refused (`check_tree_supported`).
+    serve exactly are refused (`check_tree_supported`). attention="sparse": each trie node
+    attends to the prefix, its row's suffix and its ancestors only (`dbgpu.scoring.sparse`);
+    "dense": the (Q, K) tree masks (the reference).
     """
     taus = temperature_tuple(temperature)
+    sparse = check_attention_mode(attention) == "sparse"
     if not prompts or not conts or min(map(len, prompts)) == 0 or min(map(len, conts)) == 0:
         raise DbgpuError("a prompt or continuation has no tokens")
     P = common_prefix_length(prompts)
@@ -369,7 +402,7 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     head = output_head(model)
     device = input_device(model)
     shape, budget, plan = batch_plan(model, prompts, conts, batch_tokens=batch_tokens, max_logits=max_logits,
-                                     work_bytes=work_bytes, max_rows=max_rows)
+                                     work_bytes=work_bytes, max_rows=max_rows, attention=attention)
     stats.begin(device)
     t0 = time.perf_counter()
 
@@ -392,17 +425,22 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     fewest = cap
     for chunk in chunks:                              # 2.-3. every source against each trie
         with stats.stage("masks", device):
-            layout = trie_layout(build_trie([conts[j] for j in chunk]), device)
+            trie = build_trie([conts[j] for j in chunk])
+            layout = trie_layout(trie, device, table=not sparse)
+            tables = trie_tables(trie, device) if sparse else None
         Q = S + layout.n_internal
-        rows = min(cap, rows_per_forward(shape, budget, queries=Q, keys=P + Q, prefix=P, n_rows=N))
+        A = int(trie.depth[:trie.n_internal].max(initial=-1)) + 1           # sparse: ancestors per node at most
+        rows = min(cap, rows_per_forward(shape, budget, queries=Q, keys=P + S + A if sparse else P + Q, prefix=P,
+                                         n_rows=N, attention=attention, ancestors=A))
         reached = _score_chunk(model, logT, order, suffix, lengths, chunk, layout, rows_per_forward=rows, P=P,
                                bar=bar, stats=stats, head=head, prefix_kv=prefix_kv, temperature=taus,
-                               max_elements=budget.head_logits)
+                               max_elements=budget.head_logits, tables=tables)
         cap = min(cap, reached) if reached < rows else cap
         fewest = min(fewest, reached)
     bar.close()
     stats.pairs += N * len(conts)
     stats.seconds += time.perf_counter() - t0
-    stats.extra.update(rows_per_forward=fewest, target_chunks=len(chunks), shared_prefix=P, plan=plan.as_dict())
+    stats.extra.update(rows_per_forward=fewest, target_chunks=len(chunks), shared_prefix=P, plan=plan.as_dict(),
+                       attention=attention, keys_per_query=plan.keys_per_query)
     stats.record_peak_memory(device)
     return logT[0] if isinstance(temperature, (int, float)) else logT
