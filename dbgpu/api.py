@@ -244,7 +244,7 @@ def kernel(model: LM | str, task: Task | str, states: States, *, temperature: fl
            batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
            out: PathLike | None = None, overwrite: bool = False, progress: bool = True,
            profile: PathLike | None = None, surface_forms: str = "canonical", device_map: str | dict | None = None,
-           max_memory: str | dict | None = None, offload_dir: PathLike | None = None
+           max_memory: str | dict | None = None, offload_dir: PathLike | None = None, attention: str = "dense"
            ) -> Kernel | dict[float, Kernel] | None:
     """The exact kernel log T(f, g) of a state set under a model, by teacher forcing: what
     `dbgpu score` computes, through the same job (`commands.score.score_job`).
@@ -260,7 +260,8 @@ def kernel(model: LM | str, task: Task | str, states: States, *, temperature: fl
     `temperature` a sequence (`[0.5, 1, 2]`): {tau: Kernel}, every one from the same pass
     of forwards (one log-softmax more per temperature, not another pass); with `out`,
     each saved in out/tau-<tau>. Returns None on the other ranks of a torchrun /
-    accelerate launch.
+    accelerate launch. `attention="sparse"`: the tree scorer's attention without masks (each
+    trie node attends to the prefix, its row's suffix and its ancestors; --attention sparse).
     """
     from dbgpu.commands.score import score_job
     from dbgpu.models import placement
@@ -271,7 +272,8 @@ def kernel(model: LM | str, task: Task | str, states: States, *, temperature: fl
                temperature=temperature, method=method, device=device, dtype=dtype, cache_dir=cache_dir,
                batch_tokens=batch_tokens, max_logits=max_logits, rows_per_block=rows_per_block,
                overwrite=overwrite, progress=progress, profile=profile, lm=lm, surface_forms=surface_forms,
-               placement=placement(device_map=device_map, max_memory=max_memory, offload_dir=offload_dir))
+               placement=placement(device_map=device_map, max_memory=max_memory, offload_dir=offload_dir),
+               attention=attention)
     several = not isinstance(temperature, (int, float))
 
     def loaded(d: Path):

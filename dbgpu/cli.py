@@ -93,6 +93,11 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring")
     g.add_argument("--method", default="tree", choices=["tree", "plain"],
                    help="tree: shared-prefix cache + continuation trie (default); plain: one padded row per pair")
+    g.add_argument("--attention", default="dense", choices=["dense", "sparse"],
+                   help="the tree scorer's attention: dense, (Q, K) tree masks over every row's whole trie "
+                        "chunk (default, the reference); sparse, each trie node attends to the shared prefix, "
+                        "its row's suffix and its own ancestors only, no masks (equal to dense within 2e-5 "
+                        "nats in float32; docs/attention.md)")
     g.add_argument("--batch-tokens", type=int, default=None, metavar="T",
                    help="token positions per forward pass (default: tree 32768 on CUDA, 8192 on CPU, also "
                         "kept within a working-memory budget; plain 16384); rows halved automatically on "
@@ -150,7 +155,7 @@ def _scoring_kwargs(args) -> dict:
                 device=args.device, dtype=args.dtype, cache_dir=args.cache_dir, method=args.method,
                 batch_tokens=args.batch_tokens, max_logits=args.max_logits, rows_per_block=args.rows_per_block,
                 surface_forms=args.surface_forms, overwrite=args.overwrite, progress=not args.quiet,
-                placement=_placement(args))
+                placement=_placement(args), attention=args.attention)
 
 
 def _add_score(sub) -> None:
@@ -181,7 +186,8 @@ def _dry_run(args, task, states) -> int:
     _set_threads(args)
     p = plan_job(model=args.model, task=task, states=states, method=args.method, device=args.device,
                  dtype=args.dtype, cache_dir=args.cache_dir, batch_tokens=args.batch_tokens,
-                 max_logits=args.max_logits, rows_per_block=args.rows_per_block, surface_forms=args.surface_forms)
+                 max_logits=args.max_logits, rows_per_block=args.rows_per_block, surface_forms=args.surface_forms,
+                 attention=args.attention)
     plan = p["plan"]
     tok = p["resolved"].get("tokenizer")
     tok = f", {tok['kind']} tokenizer of {tok['size']:,} tokens" if tok else ""

@@ -132,6 +132,9 @@ def test_template_and_answer_prefix_reach_the_prompt(tmp_path, capsys):
     (["--model", "random:llama", "--state-list", "BUZZY", "--template", "MISSING.txt"], "template file not found"),
     (["--model", "random:llama", "--state-list", "BUZZY", "--device", "tpu"], "device"),
     (["--model", "random:llama", "--state-list", "BUZZY", "--temperature", "hot"], "not a number or comma-separated numbers"),
+    (["--model", "random:llama", "--state-list", "BUZZY", "--attention", "flash"], "invalid choice: 'flash'"),
+    (["--model", "random:llama", "--state-list", "BUZZY", "--method", "plain", "--attention", "sparse"],
+     "use it with --method tree"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
     (tmp_path / "CORRUPT.json").write_text('["BUZZY", ')
@@ -144,6 +147,43 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, messa
     assert code == 2
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_score_attention_sparse_equals_dense_and_is_recorded(tmp_path, capsys):
+    """`dbgpu score --attention sparse`: the same matrix as the default dense attention
+    (float32: 2e-5 nats, summation order), meta.json says which attention and how many keys
+    a query saw (fewer than dense's), and a resume with the other attention is refused."""
+    states = "ATTITUDE,BUZZY,EXCELLENT,TURKEY,PROBLEMS"
+    metas, logT = {}, {}
+    for att in ("dense", "sparse"):
+        out = tmp_path / att
+        code, _, err = run_cli(capsys, "score", "--model", "random:llama", "--task", "word100", "--state-list", states,
+                               "--attention", att, "--out", out, "--quiet")
+        assert code == 0, err
+        metas[att], logT[att] = json.loads((out / "meta.json").read_text()), np.load(out / "logT.npy")
+    np.testing.assert_allclose(logT["sparse"], logT["dense"], atol=2e-5, rtol=0)
+    for att, meta in metas.items():
+        assert meta["attention"] == meta["scoring"]["attention"] == meta["job"]["attention"] == att
+        assert meta["scoring"]["plan"]["attention"] == att
+    d, s = metas["dense"]["scoring"], metas["sparse"]["scoring"]
+    assert 0 < s["keys_per_query"] < d["keys_per_query"] == d["plan"]["keys"]
+    assert s["plan"]["memory"]["masks"] == s["plan"]["memory"]["batch_kv"] == 0 < d["plan"]["memory"]["masks"]
+    code, _, err = run_cli(capsys, "score", "--model", "random:llama", "--task", "word100", "--state-list", states,
+                           "--attention", "dense", "--out", tmp_path / "sparse", "--quiet")
+    assert code == 2 and err.count("\n") == 1 and "attention 'sparse', not 'dense'" in err
+
+
+def test_dry_run_plans_the_sparse_attention(tmp_path, capsys):
+    """--dry-run --attention sparse (score and run): keys per query are the prefix, suffix and
+    ancestors (a few dozen), not the whole row; no masks and no batch KV cache."""
+    for cmd in (["score", "--task", "word100", "--state-list", "ATTITUDE,BUZZY,TURKEY,PROBLEMS"],
+                ["run", "--n-states", "30"]):
+        code, stdout, err = run_cli(capsys, *cmd, "--model", "random:qwen2-0.5b", "--out", tmp_path / "o",
+                                    "--device", "cuda", "--attention", "sparse", "--dry-run")
+        assert code == 0, err
+        assert "| attention / keys per query | sparse /" in stdout
+        assert "| masks (shared by the rows) | 0 MiB |" in stdout and "| batch KV cache | 0 MiB |" in stdout
+    assert not (tmp_path / "o").exists()
 
 
 def test_out_dir_that_is_a_file_is_rejected(tmp_path, capsys):

@@ -76,7 +76,7 @@ def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[st
             template_path=None, temperature=1.0, method: str = "tree", device="auto", dtype="auto",
             cache_dir=None, batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
             overwrite: bool = False, progress: bool = True, surface_forms: str = "canonical",
-            placement: dict | None = None, log=print) -> dict:
+            placement: dict | None = None, attention: str = "dense", log=print) -> dict:
     """Seed states (or `states`) -> score -> fit -> explain -> report in `out`. Returns
     {"meta", "stats", "report", "explain"} ({} on the other ranks of a launched job).
     Several temperatures: one pass of forwards, each DIR/tau-<tau> fitted and reported, and
@@ -96,7 +96,7 @@ def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[st
         if len(states) < 2:
             raise DbgpuError(f"a run needs at least 2 states, got {len(states)}")
     check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens,
-                        rows_per_block=rows_per_block, surface_forms=surface_forms)
+                        rows_per_block=rows_per_block, surface_forms=surface_forms, attention=attention)
     out = check_out_dir(out)
     main = launched().main                       # under torchrun, rank 0 writes and reports
     with locked_dir(out) if main else contextlib.nullcontext():   # score, fit and report: one writer
@@ -104,7 +104,7 @@ def run_job(*, model: str, task, n_states: int, out: str | Path, states: list[st
                     temperature=temperature, method=method, device=device, dtype=dtype, cache_dir=cache_dir,
                     batch_tokens=batch_tokens, max_logits=max_logits, rows_per_block=rows_per_block,
                     overwrite=overwrite, progress=progress, surface_forms=surface_forms, placement=placement,
-                    log=log)
+                    attention=attention, log=log)
 
 
 def _run(*, model, task, states, out: Path, device, log, **scoring) -> dict:

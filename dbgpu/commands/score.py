@@ -64,15 +64,18 @@ def temperature_setting(temperature):
 
 
 def check_score_options(*, temperature: float, method: str, max_logits: int | None, batch_tokens: int | None,
-                        rows_per_block: int = 128, surface_forms: str = "canonical") -> None:
+                        rows_per_block: int = 128, surface_forms: str = "canonical", attention: str = "dense") -> None:
     """Every scoring option, checked before any work (one-line errors)."""
     from dbgpu.formatting import SURFACE_FORMS
     from dbgpu.scoring import check_method
+    from dbgpu.scoring.sparse import check_attention_mode
 
     if surface_forms not in SURFACE_FORMS:
         raise DbgpuError(f"unknown --surface-forms {surface_forms!r} (use {' or '.join(SURFACE_FORMS)})")
     temperature_setting(temperature)
     check_method(method)
+    if check_attention_mode(attention) == "sparse" and method != "tree":
+        raise DbgpuError("--attention sparse is the tree scorer's attention; use it with --method tree")
     check_positive("max logits", max_logits, allow_none=True)
     check_positive("batch tokens", batch_tokens, allow_none=True)
     check_positive("rows per block", rows_per_block)
@@ -102,7 +105,8 @@ def profiled(out: Path | None, device):
 
 
 def scoring_plan(config, enc, *, method: str, device_type: str, dtype: str, batch_tokens: int | None,
-                 max_logits: int | None, rows_per_block: int, n_params: int | None = None) -> dict:
+                 max_logits: int | None, rows_per_block: int, n_params: int | None = None,
+                 attention: str = "dense") -> dict:
     """The batch plan of scoring `enc` (an `Encoded` state set) under a model of this config
     on this device type, computed before any scoring (`dbgpu.scoring.plan`): what
     meta.json records under scoring.plan and `--dry-run` prints. n_params: the exact count
@@ -118,13 +122,14 @@ def scoring_plan(config, enc, *, method: str, device_type: str, dtype: str, batc
         plan = plan_plain(shape, n_pairs=len(enc.prompt_ids) * len(enc.scored_ids), longest=longest, budget=budget)
     else:
         budget = default_budget(device_type, tokens=batch_tokens, head_logits=max_logits)
-        plan = plan_scoring(shape, enc.prompt_ids, enc.scored_ids, budget, block_rows=rows_per_block)
+        plan = plan_scoring(shape, enc.prompt_ids, enc.scored_ids, budget, block_rows=rows_per_block,
+                            attention=attention)
     return {"method": method, "device_type": device_type, **plan.as_dict()}
 
 
 def plan_job(*, model: str, task: Task, states: list[str], method: str = "tree", device="auto", dtype="auto",
              cache_dir=None, batch_tokens: int | None = None, max_logits: int | None = None,
-             rows_per_block: int = 128, surface_forms: str = "canonical") -> dict:
+             rows_per_block: int = 128, surface_forms: str = "canonical", attention: str = "dense") -> dict:
     """`dbgpu score --dry-run`: the batch plan of a score job from the model's config and
     tokenizer, without loading its weights and without writing anything. The device need
     not be present (plan for CUDA on a laptop)."""
@@ -136,31 +141,33 @@ def plan_job(*, model: str, task: Task, states: list[str], method: str = "tree",
     from dbgpu.tasks import canonical_states
 
     check_score_options(temperature=1.0, method=method, max_logits=max_logits, batch_tokens=batch_tokens,
-                        rows_per_block=rows_per_block, surface_forms=surface_forms)
+                        rows_per_block=rows_per_block, surface_forms=surface_forms, attention=attention)
     states = canonical_states(task, states)
     kind = device_type(device)
     dt = str(resolve_dtype(dtype, torch.device(kind))).removeprefix("torch.")
     config, tok, resolved = model_config(model, cache_dir=cache_dir)
     enc = encode_states(tok, task, states, surface_forms=surface_forms)
     plan = scoring_plan(config, enc, method=method, device_type=kind, dtype=dt, batch_tokens=batch_tokens,
-                        max_logits=max_logits, rows_per_block=rows_per_block)
+                        max_logits=max_logits, rows_per_block=rows_per_block, attention=attention)
     return {"model": model, "resolved": resolved, "dtype": dt, "n_states": len(states), "plan": plan}
 
 
 #: binding settings an older dbgpu did not record, as it behaved
-SETTING_DEFAULTS = {"surface_forms": "canonical"}
+SETTING_DEFAULTS = {"surface_forms": "canonical", "attention": "dense"}
 
 
 def job_settings(*, model: str, task: Task, states: list[str], temperature, method: str, device_type: str,
-                 dtype: str, rows_per_block: int, surface_forms: str = "canonical") -> dict:
-    """What a score directory is bound to: a resume must repeat every one of these."""
+                 dtype: str, rows_per_block: int, surface_forms: str = "canonical", attention: str = "dense") -> dict:
+    """What a score directory is bound to: a resume must repeat every one of these (the
+    attention path too: sparse equals dense to float rounding, not bit for bit, and one
+    matrix holds rows of one path)."""
     from dbgpu.tasks import task_spec, template_sha256
 
     return {"model": model, "task": task_spec(task), "template_sha256": template_sha256(task),
             "answer_prefix": task.answer_prefix, "states_sha256": sha256_text(json.dumps(states, ensure_ascii=False, sort_keys=True)), "n_states": len(states),
             "temperature": temperature_setting(temperature), "method": method, "device_type": device_type,
             "dtype": dtype,
-            "rows_per_block": rows_per_block, "surface_forms": surface_forms}
+            "rows_per_block": rows_per_block, "surface_forms": surface_forms, "attention": attention}
 
 
 def _differs(stored: dict, wanted: dict) -> str | None:
@@ -226,7 +233,7 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
               temperature=1.0, method: str = "tree", device="auto", dtype="auto", cache_dir=None,
               batch_tokens: int | None = None, max_logits: int | None = None, rows_per_block: int = 128,
               overwrite: bool = False, progress: bool = True, profile: str | Path | None = None, lm=None,
-              surface_forms: str = "canonical", placement: dict | None = None) -> dict:
+              surface_forms: str = "canonical", placement: dict | None = None, attention: str = "dense") -> dict:
     """Score `states` under `model` into a score directory (resuming one that is part done).
     Returns meta.json's dict (with "already_complete": True when the directory held this
     very score and nothing was done); None on the other ranks of a launched job. With a
@@ -235,13 +242,16 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
     "temperature" the list and "runs" {tau-name: directory}).
     surface_forms="all": T(f, g) sums every surface form of g the task lists. placement:
     big-model dispatch options for `load_model` (device_map, max_memory, offload_dir): one
-    process spreads the model over its devices (not under a launcher)."""
+    process spreads the model over its devices (not under a launcher). attention: the tree
+    scorer's attention path, "dense" (the (Q, K) tree masks, the reference) or "sparse"
+    (each trie node attends to the prefix, its row's suffix and its ancestors only,
+    `dbgpu.scoring.sparse`)."""
     from dbgpu import distributed as dd
     from dbgpu.devices import resolve_device, resolve_dtype
     from dbgpu.tasks import canonical_states
 
     check_score_options(temperature=temperature, method=method, max_logits=max_logits, batch_tokens=batch_tokens,
-                        rows_per_block=rows_per_block, surface_forms=surface_forms)
+                        rows_per_block=rows_per_block, surface_forms=surface_forms, attention=attention)
     states = canonical_states(task, states)
     out = check_out_dir(out)
     profile = check_out_dir(profile) if profile is not None else None
@@ -251,7 +261,7 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
     dt = lm.dtype if lm is not None else resolve_dtype(dtype, dev)
     settings = job_settings(model=model, task=task, states=states, temperature=temperature, method=method,
                             device_type=dev.type, dtype=str(dt).removeprefix("torch."), rows_per_block=rows_per_block,
-                            surface_forms=surface_forms)
+                            surface_forms=surface_forms, attention=attention)
     dd.start(ranks, dev)
     try:
         with locked_dir(out) if ranks.main else contextlib.nullcontext():
@@ -264,7 +274,8 @@ def score_job(*, model: str, task: Task, states: list[str], out: str | Path, tem
                 lm = load_model(model, device=dev, dtype=dt, cache_dir=cache_dir, **(placement or {}))
             return _score(lm, task, states, out, job=job, settings=settings, ranks=ranks, template_path=template_path,
                           options=dict(temperature=temperature, method=method, batch_tokens=batch_tokens,
-                                       max_logits=max_logits), progress=progress, profile=profile)
+                                       max_logits=max_logits, attention=attention), progress=progress,
+                          profile=profile)
     finally:
         dd.stop(ranks)
 
@@ -316,7 +327,8 @@ def _score(lm, task: Task, states: list[str], out: Path, *, job: dict | None, se
     plan = scoring_plan(text_config(lm.model), enc, method=options["method"], device_type=lm.device.type,
                         dtype=settings["dtype"], batch_tokens=options["batch_tokens"],
                         max_logits=options["max_logits"], rows_per_block=settings["rows_per_block"],
-                        n_params=sum(p.numel() for p in lm.model.parameters()))
+                        n_params=sum(p.numel() for p in lm.model.parameters()),
+                        attention=options["attention"])
     weight = np.array([sum(len(enc.prompt_ids[i]) for i in b) for b in blocks], dtype=float)
     mine = shards.assign_blocks(missing, weight, ranks.world)[ranks.rank]
     with profiled(ensure_out_dir(profile) if profile and ranks.main else None, lm.device) as found:
@@ -391,6 +403,8 @@ def _score_blocks(lm, enc, blocks: list[np.ndarray], mine: list[int], out: Path,
 
     method, temperature = options["method"], options["temperature"]
     kw = {"max_logits": options["max_logits"], "batch_tokens": options["batch_tokens"]}
+    if method == "tree":
+        kw["attention"] = options["attention"]
     n = len(enc.scored_ids)
     total = sum(len(blocks[k]) for k in mine) * n
     bar = progress_bar(total=total, enabled=progress, desc="scoring pairs", unit="pair")
@@ -483,6 +497,7 @@ def _meta(*, lm, task: Task, states: list[str], template_path, temperature, meth
         "n_states": len(states),
         "temperature": temperature,
         "method": method,
+        "attention": job["settings"].get("attention", "dense") if method == "tree" else None,
         "dtype": str(lm.dtype).removeprefix("torch."),
         "device": str(lm.device),
         "seconds": stats["seconds"],

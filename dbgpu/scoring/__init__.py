@@ -42,11 +42,13 @@ def score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *, met
 
     method="plain": every pair its own padded row (the reference; kwargs max_batch,
     padding_side). method="tree": shared-prefix cache + continuation trie (kwargs max_rows,
-    work_bytes). Both take temperature, pad_id, progress, stats, batch_tokens (token positions
+    work_bytes, attention: "dense" tree masks or "sparse", `dbgpu.scoring.sparse`). Both take temperature, pad_id, progress, stats, batch_tokens (token positions
     per forward; default per method and device) and max_logits (float32 logits held at once).
     """
     if check_method(method) == "tree":
         return tree_score_matrix(model, prompts, conts, **kwargs)
+    if kwargs.pop("attention", "dense") != "dense":
+        raise DbgpuError("attention='sparse' is the tree scorer's attention; use method='tree'")
     N, M = len(prompts), len(conts)
     pairs = np.stack(np.meshgrid(np.arange(N), np.arange(M), indexing="ij"), -1).reshape(-1, 2)
     lp = score_sequences(model, prompts, conts, pairs, **kwargs)                # (P,) or (T, P)
@@ -64,18 +66,18 @@ def sum_surface_forms(logT_forms: np.ndarray, starts) -> np.ndarray:
 
 def exact_kernel(lm, task, states: list[str], *, temperature=1.0, method: str = "tree",
                  batch_tokens: int | None = None, max_logits: int | None = None, progress: bool = False,
-                 stats: ScoreStats | None = None, surface_forms: str = "canonical"):
+                 stats: ScoreStats | None = None, surface_forms: str = "canonical", attention: str = "dense"):
     """log T over all pairs of `states` for a loaded model: (logT (N, N), prompts.json dict, ScoreStats);
     with a sequence of temperatures logT is (len(tau), N, N), all from one pass of forwards.
     surface_forms="all": T(f, g) sums the probabilities of every surface form of g (one
-    trie over all of them)."""
+    trie over all of them). attention: the tree scorer's, "dense" or "sparse"."""
     from dbgpu.formatting import encode_states
 
     enc = encode_states(lm.tokenizer, task, states, surface_forms=surface_forms)
     stats = stats if stats is not None else ScoreStats()
     logT = score_matrix(lm.model, enc.prompt_ids, enc.scored_ids, method=method, temperature=temperature,
                         pad_id=lm.tokenizer.pad_token_id, progress=progress, stats=stats,
-                        max_logits=max_logits, batch_tokens=batch_tokens)
+                        max_logits=max_logits, batch_tokens=batch_tokens, attention=attention)
     if enc.form_starts is not None:
         logT = sum_surface_forms(logT, enc.form_starts)
     stats.extra["trie_lower_bound"] = trie_lower_bound(enc.prompt_ids, enc.scored_ids)
