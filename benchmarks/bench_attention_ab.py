@@ -1,98 +1,208 @@
-"""`dbgpu score --attention sparse` against `--attention dense`, alternately, same model and states.
+"""`--attention sparse` against `--attention dense`, alternately in one process, same model and states.
 
-    python benchmarks/bench_attention_ab.py --model random:qwen2-0.5b --device cuda --n 500 --rounds 2
-    python benchmarks/bench_attention_ab.py --model random:llama --device cpu --n 8 --rounds 1     # smoke
+    python benchmarks/bench_attention_ab.py --model smollm2-135m --n 48 500 1608 --sources 0 8 8   # CPU table
+    python benchmarks/bench_attention_ab.py --model random:qwen2-0.5b --device cuda --dtype bfloat16 --n 500 --sources 64
+    python benchmarks/bench_attention_ab.py --model random:llama --n 6 --rounds 1                # smoke
 
-Each round runs `dbgpu score` once per attention path (dense first, then sparse), each a
-fresh process on the same state set (the task's first N seed states), so that a
-neighbour's load or a warm cache biases neither; the best round of each is reported:
-scoring seconds (meta.json's scoring.seconds, model loading excluded), seconds per token
-position, peak memory (CUDA: allocated; CPU: none recorded), and the largest |log T|
-difference between the two matrices (sparse must equal dense to float rounding).
+The model is loaded once. For each N (the task's first N seed states) the same scorer `dbgpu
+score` runs per row block (`score_matrix(method="tree")`) scores K seeded sources (`--sources`,
+0 = all N) against all N targets, once per attention path per round, alternating the order
+(dense, sparse; then sparse, dense; ...) so that neither always runs warm or after the
+other's allocations, after one small warm-up call of each. Reported per path: the fastest
+round and the median, token positions, seconds per token position, peak memory, the keys a
+query attends to, the plan's target chunks and rows per forward, and the largest |log T|
+difference from dense (float32: the scorers' 2e-5 nats).
 
-If this checkout's `dbgpu score` has no `--attention` option, it prints a notice and exits
-0 without running anything (gpu_check then reports the step skipped).
+Peak memory: on CUDA, torch.cuda.max_memory_allocated over the call; on the CPU, the growth of
+the process's resident set above its level before the call (sampled every 2 ms from
+/proc/self/statm, after gc and malloc_trim so that memory freed by the previous call is
+returned first); a lower bound on what the call allocated. Printed: device, dtype, threads
+and versions; timings are this machine's, not asserted anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
+import ctypes
+import datetime as dt
+import gc
+import os
+import platform
+import statistics
 import sys
-import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dbgpu.devices import resolve_device, resolve_dtype  # noqa: E402
+from dbgpu.formatting import encode_states  # noqa: E402
+from dbgpu.provenance import versions  # noqa: E402
+from dbgpu.scoring import ScoreStats, score_matrix  # noqa: E402
 
-def has_attention_option() -> bool:
-    """Whether `dbgpu score` takes --attention (read from its --help, in a subprocess)."""
-    r = subprocess.run([sys.executable, "-m", "dbgpu", "score", "--help"], cwd=ROOT, capture_output=True, text=True,
-                       env=_env())
-    return r.returncode == 0 and "--attention" in r.stdout
-
-
-def _env() -> dict:
-    import os
-
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+PATHS = ("dense", "sparse")
 
 
-def score_once(*, model: str, states: Path, attention: str, device: str, dtype: str, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "dbgpu", "score", "--model", model, "--task", "word100", "--states", str(states),
-           "--device", device, "--dtype", dtype, "--attention", attention, "--quiet", "--out", str(out)]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=_env())
-    if r.returncode != 0:
-        raise SystemExit(f"dbgpu score --attention {attention} failed:\n{r.stderr[-2000:]}")
-    meta = json.loads((out / "meta.json").read_text())
-    sc = meta["scoring"]
-    return {"attention": attention, "seconds": sc["seconds"], "tokens": sc["tokens"],
-            "s_per_token": sc["seconds"] / max(sc["tokens"], 1), "peak_bytes": sc.get("peak_memory_bytes"),
-            "keys_per_query": sc.get("keys_per_query") or sc.get("plan", {}).get("keys_per_query"),
-            "logT": np.load(out / "logT.npy")}
+def _rss() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def _release() -> None:
+    """Return freed memory to the system before a CPU measurement (glibc only; else nothing)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class RssPeak:
+    """The largest resident set seen while the block runs, sampled every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _watch(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss() or 0)
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self.start = _rss() or 0
+        self.peak = self.start
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss() or 0)
+
+
+def score_once(model, prompts, conts, *, attention: str, pad: int, device) -> dict:
+    """One timed score of prompts x conts: (logT, seconds, ScoreStats, peak bytes or None)."""
+    stats = ScoreStats()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        _release()
+    with RssPeak() if device.type == "cpu" else _null() as rss:
+        t0 = time.perf_counter()
+        logT = score_matrix(model, prompts, conts, method="tree", attention=attention, pad_id=pad, stats=stats)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        sec = time.perf_counter() - t0
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = rss.peak - rss.start if rss.start else None
+    return {"logT": logT, "seconds": sec, "stats": stats, "peak": peak}
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def bench_n(lm, task, n: int, k: int, *, rounds: int, rng) -> list[dict]:
+    """Both attention paths on K seeded sources of the first n seed states x all n targets."""
+    states = task.seed_states(n)
+    enc = encode_states(lm.tokenizer, task, states)
+    P, C = enc.prompt_ids, enc.cont_ids
+    src = np.arange(n) if not k or k >= n else np.sort(rng.choice(n, size=k, replace=False))
+    prompts = [P[i] for i in src]
+    pad = lm.tokenizer.pad_token_id
+    for att in PATHS:                                   # warm-up: first-call costs out of the timings
+        score_matrix(lm.model, P[:2], C[:4], method="tree", attention=att, pad_id=pad)
+    runs: dict[str, list[dict]] = {a: [] for a in PATHS}
+    for r in range(rounds):
+        for att in (PATHS if r % 2 == 0 else PATHS[::-1]):
+            m = score_once(lm.model, prompts, C, attention=att, pad=pad, device=lm.device)
+            runs[att].append(m)
+            print(f"  N = {n}, {len(src)} sources, round {r + 1}: {att} {m['seconds']:.2f} s", flush=True)
+    ref = runs["dense"][0]["logT"]
+    rows = []
+    for att in PATHS:
+        best = min(runs[att], key=lambda m: m["seconds"])
+        st = best["stats"]
+        plan = st.extra["plan"]
+        peaks = [m["peak"] for m in runs[att] if m["peak"] is not None]
+        rows.append({
+            "n": n, "sources": len(src), "attention": att, "best_s": best["seconds"],
+            "median_s": statistics.median(m["seconds"] for m in runs[att]), "tokens": st.tokens,
+            "s_per_token": best["seconds"] / max(st.tokens, 1), "tokens_per_s": st.tokens / best["seconds"],
+            "peak_mib": max(peaks) / 2 ** 20 if peaks else None, "plan_peak_mib": plan["memory"]["peak"] / 2 ** 20,
+            "keys_per_query": st.extra["keys_per_query"], "chunks": st.extra["target_chunks"],
+            "rows_per_forward": st.extra["rows_per_forward"],
+            "max_diff": max(float(np.abs(m["logT"] - ref).max()) for m in runs[att]),
+        })
+    return rows
+
+
+COLS = [("n", "{}"), ("sources", "{}"), ("attention", "{}"), ("best_s", "{:.2f}"), ("median_s", "{:.2f}"),
+        ("tokens", "{:,}"), ("s_per_token", "{:.2e}"), ("tokens_per_s", "{:,.0f}"), ("peak_mib", "{:,.0f}"),
+        ("plan_peak_mib", "{:,.0f}"), ("keys_per_query", "{:,.0f}"), ("chunks", "{}"),
+        ("rows_per_forward", "{}"), ("max_diff", "{:.1e}")]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="random:qwen2-0.5b")
+    ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--n", type=int, nargs="+", default=[500])
+    ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--n", type=int, nargs="+", default=[48])
+    ap.add_argument("--sources", type=int, nargs="+", default=[0], metavar="K",
+                    help="seeded sources per N (one value for every N, or one per N; 0 = all)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args(argv)
-    if not has_attention_option():
-        print("skipped: this checkout's `dbgpu score` has no --attention option (sparse attention not merged yet)")
-        return 0
+    if len(args.sources) not in (1, len(args.n)):
+        ap.error("--sources takes one value or one per --n")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from benchmarks.tables import print_table
+    from dbgpu.models import load_model
     from dbgpu.tasks import get_task
 
+    device = resolve_device(args.device)
+    lm = load_model(args.model, device=device, dtype=resolve_dtype(args.dtype, device), cache_dir=args.cache_dir)
+    v = versions()
+    name = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else (platform.processor() or "cpu")
+    print(f"# bench_attention_ab {dt.date.today().isoformat()}: {args.model} ({lm.info['n_params'] / 1e6:.0f}M params), "
+          f"{name} [{lm.device}], {os.cpu_count()} cores, threads {torch.get_num_threads()}, dtype "
+          f"{str(lm.dtype).removeprefix('torch.')}, torch {v['torch']}, transformers {v['transformers']}, "
+          f"python {v['python']}; {args.rounds} round(s), order alternating, seed {args.seed}")
+    rng = np.random.default_rng(args.seed)
     task = get_task("word100")
-    print(f"# bench_attention_ab: {args.model}, device {args.device}, dtype {args.dtype}, {args.rounds} round(s)")
-    print("| N | attention | best scoring s | s / token position | peak MiB | keys/query | max abs dlogT vs dense |")
-    print("|---:|---|---:|---:|---:|---|---:|")
-    with tempfile.TemporaryDirectory(prefix="attention-ab-") as tmp:
-        for n in args.n:
-            states = Path(tmp) / f"states-{n}.json"
-            states.write_text(json.dumps(task.seed_states(n)))
-            best: dict[str, dict] = {}
-            for r in range(args.rounds):
-                for att in ("dense", "sparse"):
-                    m = score_once(model=args.model, states=states, attention=att, device=args.device,
-                                   dtype=args.dtype, out=Path(tmp) / f"{att}-{n}-{r}")
-                    print(f"  round {r}: N = {n}, {att}: {m['seconds']:.2f} s", flush=True)
-                    if att not in best or m["seconds"] < best[att]["seconds"]:
-                        best[att] = m
-            ref = best["dense"]["logT"]
-            for att in ("dense", "sparse"):
-                m = best[att]
-                pk = f"{m['peak_bytes'] / 2**20:.0f}" if m["peak_bytes"] else "-"
-                diff = float(np.abs(m["logT"] - ref).max())
-                print(f"| {n} | {att} | {m['seconds']:.2f} | {m['s_per_token']:.3e} | {pk} | "
-                      f"{m['keys_per_query'] or '-'} | {diff:.2e} |")
-            print(f"N = {n}: sparse / dense seconds {best['sparse']['seconds'] / best['dense']['seconds']:.2f}")
+    rows = []
+    ks = args.sources * len(args.n) if len(args.sources) == 1 else args.sources
+    for n, k in zip(args.n, ks):
+        rows += bench_n(lm, task, n, k, rounds=args.rounds, rng=rng)
+    print()
+    print_table(rows, COLS)
+    for n in args.n:
+        d, s = [next(r for r in rows if r["n"] == n and r["attention"] == a) for a in PATHS]
+        mem = (f", peak memory {s['peak_mib'] / d['peak_mib']:.2f}x" if s["peak_mib"] and d["peak_mib"] else "")
+        print(f"N = {n}: sparse / dense seconds per token position {s['s_per_token'] / d['s_per_token']:.2f} "
+              f"(best of {args.rounds}), tokens {s['tokens'] / d['tokens']:.3f}x{mem}, keys per query "
+              f"{s['keys_per_query']:,.0f} vs {d['keys_per_query']:,.0f}; max |dlogT| {s['max_diff']:.1e}")
     return 0
 
 

@@ -82,12 +82,13 @@ def breakdown(lm, P, C, src, args) -> dict:
     from dbgpu.scoring.tree import batch_plan
 
     device = lm.device
-    _, _, plan = batch_plan(lm.model, [P[i] for i in src], C, max_logits=args.max_logits)
+    _, _, plan = batch_plan(lm.model, [P[i] for i in src], C, max_logits=args.max_logits, attention=args.attention)
     rows = [P[i] for i in src[:max(1, plan.rows_per_forward)]]
     stats = ScoreStats()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof, count_syncs(device) as syncs:
-        score_matrix(lm.model, rows, C, method="tree", pad_id=lm.tokenizer.pad_token_id, stats=stats,
+        score_matrix(lm.model, rows, C, method="tree", attention=args.attention, pad_id=lm.tokenizer.pad_token_id,
+                     stats=stats,
                      max_logits=args.max_logits)
         sync(device)
     forwards = max(stats.forward_passes, 1)
@@ -151,13 +152,15 @@ def bench_temperatures(lm, P, C, src, args, device, *, scale: float) -> dict:
     many = None
     for _ in range(args.temperature_rounds):
         for kind in ("one", "many"):
-            value, sec, peak = timed(lambda: score_matrix(model, rows, C, method="tree", pad_id=pad,
+            value, sec, peak = timed(lambda: score_matrix(model, rows, C, method="tree", attention=args.attention,
+                                                          pad_id=pad,
                                                           temperature=1.0 if kind == "one" else taus,
                                                           max_logits=args.max_logits), device)
             best[kind] = min(best[kind], sec)
             if kind == "many":
                 many, peak_many = value, peak
-    diff = max(float(np.abs(many[i] - score_matrix(model, rows, C, method="tree", pad_id=pad, temperature=t,
+    diff = max(float(np.abs(many[i] - score_matrix(model, rows, C, method="tree", attention=args.attention,
+                                                   pad_id=pad, temperature=t,
                                                    max_logits=args.max_logits)).max()) for i, t in enumerate(taus))
     return dict(method=f"tree {len(taus)}tau", pairs=len(src) * len(C) * len(taus), seconds=best["many"] * scale,
                 est=scale != 1, tokens=0, peak=peak_many, max_diff=diff, tpf=0, flops=0,
@@ -180,11 +183,12 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
     rows = []
 
     # tree: warm up on a few sources, then all pairs (or --tree-rows seeded sources, all targets)
-    score_matrix(model, P[:2], C[:4], method="tree", pad_id=pad, max_logits=args.max_logits)
+    score_matrix(model, P[:2], C[:4], method="tree", attention=args.attention, pad_id=pad, max_logits=args.max_logits)
     stats = ScoreStats()
     src = np.arange(n) if not args.tree_rows or args.tree_rows >= n else \
         np.sort(rng.choice(n, size=args.tree_rows, replace=False))
-    tree, sec, peak = timed(lambda: score_matrix(model, [P[i] for i in src], C, method="tree", pad_id=pad,
+    tree, sec, peak = timed(lambda: score_matrix(model, [P[i] for i in src], C, method="tree",
+                                                 attention=args.attention, pad_id=pad,
                                                  stats=stats, max_logits=args.max_logits,
                                                  progress=args.progress), device)
     scale = n / len(src)
@@ -196,8 +200,8 @@ def bench_n(lm, task, n: int, args, rng) -> list[dict]:
                      stages={k: v * scale for k, v in d["stage_device_seconds"].items()},
                      host_stages={k: v * scale for k, v in d["stage_seconds"].items()}))
     if scale != 1:                                    # a slice of sources: the whole run extrapolated
-        _, _, whole = batch_plan(model, P, C, max_logits=args.max_logits)
-        _, _, part = batch_plan(model, [P[i] for i in src], C, max_logits=args.max_logits)
+        _, _, whole = batch_plan(model, P, C, max_logits=args.max_logits, attention=args.attention)
+        _, _, part = batch_plan(model, [P[i] for i in src], C, max_logits=args.max_logits, attention=args.attention)
         once = d["stage_device_seconds"].get("prefix", 0.0)          # the shared prefix runs once, not per source
         body = sec / scale - once                                      # the slice's own seconds
         rows[0]["extrapolation"] = {
@@ -331,6 +335,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batched", action="store_true", help="also time dbgpu --method plain")
     ap.add_argument("--no-lm-eval", action="store_true")
     ap.add_argument("--max-logits", type=int, default=None)
+    ap.add_argument("--attention", choices=("dense", "sparse"), default="dense",
+                    help="the tree scorer's attention (default dense; bench_attention_ab.py compares the two)")
     ap.add_argument("--progress", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
@@ -359,7 +365,7 @@ def main(argv=None) -> int:
     print(f"# bench_score: model {args.model} ({lm.info['model_type']}, {lm.info['n_params'] / 1e6:.0f}M params), "
           f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'} "
           f"[{device}], dtype {str(lm.dtype).removeprefix('torch.')}, threads {torch.get_num_threads()}, "
-          f"torch {v['torch']}, transformers {v['transformers']}, python {v['python']}")
+          f"torch {v['torch']}, transformers {v['transformers']}, python {v['python']}, attention {args.attention}")
     rng = np.random.default_rng(args.seed)
     gemm = None
     if device.type == "cuda" or args.measure_peak:

