@@ -3,6 +3,7 @@
     python benchmarks/bench_attention_ab.py --model smollm2-135m --n 48 500 1608 --sources 0 8 8   # CPU table
     python benchmarks/bench_attention_ab.py --model random:qwen2-0.5b --device cuda --dtype bfloat16 --n 500 --sources 64
     python benchmarks/bench_attention_ab.py --model random:llama --n 6 --rounds 1                # smoke
+    python benchmarks/bench_attention_ab.py --n 500 --sources 8 --reference 6   # + per-pair forwards
 
 The model is loaded once. For each N (the task's first N seed states) the same scorer `dbgpu
 score` runs per row block (`score_matrix(method="tree")`) scores K seeded sources (`--sources`,
@@ -11,7 +12,10 @@ score` runs per row block (`score_matrix(method="tree")`) scores K seeded source
 other's allocations, after one small warm-up call of each. Reported per path: the fastest
 round and the median, token positions, seconds per token position, peak memory, the keys a
 query attends to, the plan's target chunks and rows per forward, and the largest |log T|
-difference from dense (float32: the scorers' 2e-5 nats).
+difference from dense (float32: the scorers' 2e-5 nats). `--reference K`: the independent
+check, K x K seeded pairs (K of the sources, K seeded targets) each run as one unbatched
+forward of prompt + continuation (`bench_score.per_pair_loop`, the same float32 head), with
+the largest |log T| difference of dense, sparse and the plain scorer from it.
 
 Peak memory: on CUDA, torch.cuda.max_memory_allocated over the call; on the CPU, the growth of
 the process's resident set above its level before the call (sampled every 2 ms from
@@ -119,7 +123,23 @@ class _null:
         return False
 
 
-def bench_n(lm, task, n: int, k: int, *, rounds: int, rng) -> list[dict]:
+def reference_errors(lm, P, C, src, runs, *, k: int, rng) -> dict[str, float]:
+    """max |log T - per-pair forward| over k x k seeded pairs, for each attention path (the
+    first timed run's matrix) and for the plain scorer (`method="plain"`)."""
+    from benchmarks.bench_score import per_pair_loop
+
+    rows = np.arange(min(k, len(src)))                  # positions in the scored sources
+    tgt = np.sort(rng.choice(len(C), size=min(k, len(C)), replace=False))
+    pairs = [(int(src[a]), int(j)) for a in rows for j in tgt]
+    ref = per_pair_loop(lm.model, P, C, pairs, lm.device).reshape(len(rows), len(tgt))
+    plain = score_matrix(lm.model, [P[src[a]] for a in rows], [C[j] for j in tgt], method="plain",
+                         pad_id=lm.tokenizer.pad_token_id)
+    err = {att: float(np.abs(runs[att][0]["logT"][np.ix_(rows, tgt)] - ref).max()) for att in PATHS}
+    err["plain"] = float(np.abs(plain - ref).max())
+    return err
+
+
+def bench_n(lm, task, n: int, k: int, *, rounds: int, rng, reference: int = 0) -> list[dict]:
     """Both attention paths on K seeded sources of the first n seed states x all n targets."""
     states = task.seed_states(n)
     enc = encode_states(lm.tokenizer, task, states)
@@ -136,6 +156,10 @@ def bench_n(lm, task, n: int, k: int, *, rounds: int, rng) -> list[dict]:
             runs[att].append(m)
             print(f"  N = {n}, {len(src)} sources, round {r + 1}: {att} {m['seconds']:.2f} s", flush=True)
     ref = runs["dense"][0]["logT"]
+    per_pair = reference_errors(lm, P, C, src, runs, k=reference, rng=rng.spawn(1)[0]) if reference else {}
+    if per_pair:
+        print(f"  N = {n}: max |dlogT| against {min(reference, len(src))} x {min(reference, n)} per-pair forwards: "
+              + ", ".join(f"{a} {e:.1e}" for a, e in per_pair.items()), flush=True)
     rows = []
     for att in PATHS:
         best = min(runs[att], key=lambda m: m["seconds"])
@@ -150,6 +174,7 @@ def bench_n(lm, task, n: int, k: int, *, rounds: int, rng) -> list[dict]:
             "keys_per_query": st.extra["keys_per_query"], "chunks": st.extra["target_chunks"],
             "rows_per_forward": st.extra["rows_per_forward"],
             "max_diff": max(float(np.abs(m["logT"] - ref).max()) for m in runs[att]),
+            "vs_per_pair": per_pair.get(att), "plain_vs_per_pair": per_pair.get("plain"),
         })
     return rows
 
@@ -158,6 +183,7 @@ COLS = [("n", "{}"), ("sources", "{}"), ("attention", "{}"), ("best_s", "{:.2f}"
         ("tokens", "{:,}"), ("s_per_token", "{:.2e}"), ("tokens_per_s", "{:,.0f}"), ("peak_mib", "{:,.0f}"),
         ("plan_peak_mib", "{:,.0f}"), ("keys_per_query", "{:,.0f}"), ("chunks", "{}"),
         ("rows_per_forward", "{}"), ("max_diff", "{:.1e}")]
+REF_COLS = [("vs_per_pair", "{:.1e}")]
 
 
 def main(argv=None) -> int:
@@ -171,6 +197,8 @@ def main(argv=None) -> int:
                     help="seeded sources per N (one value for every N, or one per N; 0 = all)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reference", type=int, default=0, metavar="K",
+                    help="also check K x K seeded pairs against one unbatched forward each (0: no)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args(argv)
     if len(args.sources) not in (1, len(args.n)):
@@ -194,15 +222,17 @@ def main(argv=None) -> int:
     rows = []
     ks = args.sources * len(args.n) if len(args.sources) == 1 else args.sources
     for n, k in zip(args.n, ks):
-        rows += bench_n(lm, task, n, k, rounds=args.rounds, rng=rng)
+        rows += bench_n(lm, task, n, k, rounds=args.rounds, rng=rng, reference=args.reference)
     print()
-    print_table(rows, COLS)
+    print_table(rows, COLS + (REF_COLS if args.reference else []))
     for n in args.n:
         d, s = [next(r for r in rows if r["n"] == n and r["attention"] == a) for a in PATHS]
         mem = (f", peak memory {s['peak_mib'] / d['peak_mib']:.2f}x" if s["peak_mib"] and d["peak_mib"] else "")
         print(f"N = {n}: sparse / dense seconds per token position {s['s_per_token'] / d['s_per_token']:.2f} "
               f"(best of {args.rounds}), tokens {s['tokens'] / d['tokens']:.3f}x{mem}, keys per query "
-              f"{s['keys_per_query']:,.0f} vs {d['keys_per_query']:,.0f}; max |dlogT| {s['max_diff']:.1e}")
+              f"{s['keys_per_query']:,.0f} vs {d['keys_per_query']:,.0f}; max |dlogT| {s['max_diff']:.1e}"
+              + (f"; against per-pair forwards: dense {d['vs_per_pair']:.1e}, sparse {s['vs_per_pair']:.1e}, "
+                 f"plain {d['plain_vs_per_pair']:.1e}" if args.reference else ""))
     return 0
 
 

@@ -15,7 +15,7 @@ skipped with a notice, and one that would outrun the budget is cut at it):
   mfu-qwen2-0.5b     N = 500, 64 seeded sources, MFU against the measured peak
   mfu-llama-1b       the same on random:llama-3.2-1b
   attention-ab       `--attention sparse` vs dense, alternately in one process, N = 500 (128
-                     seeded sources) on the 0.5B shape: s per token position, peak memory
+                     seeded sources) on the 0.5B shape: s per token position, peak memory, 4 x 4 per-pair checks
   sample-static      sampling at batch 256 on the 0.5B shape: the static KV cache vs today's
                      dynamic one (answers/s)
   cuda-tests         pytest -m cuda
@@ -107,9 +107,9 @@ def steps() -> list[Step]:
         Step("attention-ab", f"--attention sparse vs dense, N = 500 (128 seeded sources), random:qwen2-0.5b{tok}, "
              "alternately in one process",
              [bench + "bench_attention_ab.py", "--model", f"random:qwen2-0.5b{tok}", "--device", "cuda", "--dtype",
-              "bfloat16", "--n", "500", "--sources", "128", "--rounds", "2"],
+              "bfloat16", "--n", "500", "--sources", "128", "--rounds", "2", "--reference", "4"],
              [bench + "bench_attention_ab.py", "--model", "random:llama", "--device", "cpu", "--n", "6",
-              "--rounds", "1"], 75, 150, MODEL + bpe),
+              "--rounds", "1", "--reference", "3"], 75, 150, MODEL + bpe),
         Step("sample-static", "sampling at batch 256, random:qwen2-0.5b: static KV cache vs the dynamic one",
              sample("dynamic,static"), tiny_sample, 30, 90),
         Step("cuda-tests", "pytest -m cuda", pytest, pytest, 90, 240, MODEL + ("pytest",)),
