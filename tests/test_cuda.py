@@ -171,3 +171,29 @@ def test_profile_on_cuda_traces_kernels_and_times_each_stage(tmp_path, cuda_lms,
     events = json.loads((tmp_path / "p" / "trace.json").read_text())["traceEvents"]
     assert any(e.get("cat") == "kernel" for e in events), "CUDA kernels in the trace"
     assert "| forward |" in meta["profile"]["table"]
+
+
+@pytest.mark.parametrize("attention", ["dense", "sparse"])
+def test_the_tree_scorers_own_code_does_not_synchronise_per_forward(cuda_lms, word_task, attention):
+    """count_syncs (CUDA sync debug mode) over a call with one row per forward and one with
+    every row in one forward: the synchronisations at dbgpu's scoring lines (tree.py, head.py,
+    sparse.py) are as many in both, so none happens per forward (the batch's result is read
+    through an event, after the next batch is queued). The results agree to bf16 batching."""
+    from dbgpu.scoring.stats import count_syncs
+    from dbgpu.scoring.tree import tree_score_matrix
+
+    lm = cuda_lms("llama", "cuda", "bfloat16")
+    P, C = _ids(lm, word_task)
+    tree_score_matrix(lm.model, P, C, max_rows=64, attention=attention)           # warm-up: lazy inits
+    ours = ("tree.py:", "head.py:", "sparse.py:")
+    runs = {}
+    for rows in (1, 64):
+        stats = ScoreStats()
+        with count_syncs(torch.device("cuda")) as n:
+            got = tree_score_matrix(lm.model, P, C, max_rows=rows, stats=stats, attention=attention)
+        runs[rows] = (got, {s: k for s, k in n.sites.items() if s.startswith(ours)}, stats.forward_passes, n.syncs)
+    (one, sites1, f1, all1), (many, sites64, f64, all64) = runs[1], runs[64]
+    assert f1 > f64
+    assert sites1 == sites64, (sites1, sites64)
+    print(f"{attention}: {all1} syncs in {f1} forwards, {all64} in {f64}; dbgpu's sites {sites1}")
+    np.testing.assert_allclose(one, many, atol=2e-2, rtol=0)          # bf16 rounding of two batch layouts

@@ -224,3 +224,90 @@ def test_target_chunks_keep_neighbouring_subtrees_together():
     assert [c.tolist() for c in target_chunks(conts, max_internal=2)] == [[1, 3], [2, 0]]
     assert [c.tolist() for c in target_chunks(conts, max_internal=4)] == [[0, 1, 2, 3]]
     assert [c.tolist() for c in target_chunks(conts, max_internal=1)] == [[1], [3], [2], [0]]
+
+
+# ----------------------------------------------------------------------------- host reads per forward
+# On CUDA every read of a device value by the host (.item(), .tolist(), .cpu(), a host-to-device
+# copy without non_blocking) waits for the GPU to finish what is queued, leaving it idle while
+# the host prepares the next batch. The calls below are the ones that do; the probe counts
+# those made by dbgpu's scoring code itself (transformers' own are counted by count_syncs on
+# a GPU, gpu-check's breakdown).
+_HOST_READS = [(torch.Tensor, "item"), (torch.Tensor, "tolist"), (torch.Tensor, "cpu"), (torch.Tensor, "numpy"),
+               (torch.Tensor, "__bool__"), (torch.Tensor, "__int__"), (torch.Tensor, "__float__"),
+               (torch, "as_tensor"), (torch, "tensor"), (torch, "from_numpy")]
+
+
+def _count_host_reads(monkeypatch, run):
+    """{(file, function, line): calls} of the _HOST_READS made directly by dbgpu/scoring code."""
+    import sys
+    from collections import Counter
+
+    scoring = str(Path(__file__).resolve().parents[1] / "dbgpu" / "scoring")
+    seen = Counter()
+
+    def probe(owner, name):
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            f = sys._getframe(1)
+            if f.f_code.co_filename.startswith(scoring):
+                seen[(Path(f.f_code.co_filename).name, f.f_code.co_name, f.f_lineno)] += 1
+            return original(*args, **kwargs)
+        return wrapper
+
+    with monkeypatch.context() as m:
+        for owner, name in _HOST_READS:
+            m.setattr(owner, name, probe(owner, name))
+        out = run()
+    return out, seen
+
+
+@pytest.mark.parametrize("attention", ["dense", "sparse"])
+def test_the_batch_loop_reads_only_each_batchs_result_from_the_device(tiny_lms, word_task, monkeypatch, attention):
+    """The tree scorer's own code reads one thing per forward back from the device, the
+    batch's log T (`Fetch.numpy`, after the next batch is queued), and copies nothing to it
+    per forward: run with one row per forward and with all rows in one forward, every other
+    host read happens as often in both (per call or per target chunk, not per batch)."""
+    lm = tiny_lms("qwen2")
+    P, C = _ids(lm, word_task)
+    runs = {}
+    for rows in (1, 64):
+        stats = ScoreStats()
+        got, seen = _count_host_reads(monkeypatch, lambda: tree_score_matrix(
+            lm.model, P, C, max_rows=rows, stats=stats, attention=attention))
+        runs[rows] = (got, seen, stats.forward_passes)
+    (one, seen1, f1), (all_, seen64, f64) = runs[1], runs[64]
+    assert f1 == 1 + len(P) and f64 == 2                     # the prefix's pass + the batches
+    fetch = {k: n for k, n in seen1.items() if k[1] == "numpy" and k[0] == "tree.py"}
+    assert sum(fetch.values()) == len(P)                      # one result read per batch of one row
+    per_forward = {k: (seen1[k], seen64.get(k, 0)) for k in seen1 if k not in fetch and seen1[k] != seen64.get(k, 0)}
+    assert per_forward == {}, per_forward
+    np.testing.assert_allclose(one, all_, atol=2e-5, rtol=0)      # float32 batching rounding
+
+
+def test_the_heads_host_counted_chunks_equal_the_device_counted_ones():
+    """positions_below (the tree scorer's host count of head positions below each chunk start)
+    against np.searchsorted on the explicit positions, and token_logprobs with it against
+    token_logprobs reading the cut points from the device."""
+    from dbgpu.scoring.head import OutputHead, token_logprobs
+    from dbgpu.scoring.tree import positions_below
+
+    rng = np.random.default_rng(0)
+    keep, B = 7, 5
+    pred = rng.integers(0, keep, size=11)                        # (M,) unsorted, repeated
+    pos = (np.arange(B)[:, None] * keep + pred[None, :]).ravel()  # (B*M,) as the tree scorer lays them out
+    starts = np.arange(0, B * keep + 4, 4)
+    count = positions_below(np.sort(pred), rows=B, keep=keep)
+    np.testing.assert_array_equal(count(starts), np.searchsorted(np.sort(pos), starts))
+    assert count(np.array([0, 1, B * keep]))[[0, 2]].tolist() == [0, B * len(pred)]   # none below 0, all below the end
+
+    g = torch.Generator().manual_seed(0)
+    head = OutputHead(torch.randn(30, 6, generator=g), None)
+    h = torch.randn(B * keep, 6, generator=g)
+    tok = torch.as_tensor(rng.integers(0, 30, size=len(pos)))
+    for max_elements in (30, 4 * 30, 10**6):                    # 1, 4 positions per chunk, or all
+        ref = token_logprobs(head, h, torch.as_tensor(pos), tok, temperature=(1.0, 0.5), max_elements=max_elements)
+        got = token_logprobs(head, h, torch.as_tensor(pos), tok, temperature=(1.0, 0.5), max_elements=max_elements,
+                             count_below=count)
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)  # the same chunks, the same float32 ops; a wrong cut scores other positions

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from dbgpu.errors import DbgpuError
@@ -209,7 +210,7 @@ def temperature_tuple(temperature) -> tuple[float, ...]:
 
 @torch.inference_mode()
 def token_logprobs(head: OutputHead, h: torch.Tensor, pos: torch.Tensor, tok: torch.Tensor, *,
-                   temperature, max_elements: int | None = None) -> torch.Tensor:
+                   temperature, max_elements: int | None = None, count_below=None) -> torch.Tensor:
     """log softmax(z / tau)[tok_k] at hidden state pos_k, float32: (K,) for one temperature,
     (len(tau), K) for a sequence of them.
 
@@ -219,6 +220,11 @@ def token_logprobs(head: OutputHead, h: torch.Tensor, pos: torch.Tensor, tok: to
     Several temperatures share each chunk's logits z (teacher forcing makes them independent
     of tau): each adds one logsumexp over the chunk, O(N x V), not another GEMM. The result
     is on h's device (a dispatched model's head may compute elsewhere).
+
+    count_below: a host function, starts (n,) int array -> (n,) how many of `pos` are below
+    each start, for a caller that knows its positions on the host (the tree scorer): the
+    chunks are then cut without reading anything back from the device (otherwise one
+    device-to-host read of the cut points, a synchronisation on CUDA).
     """
     taus = temperature_tuple(temperature)
     N, K = h.shape[0], pos.shape[0]
@@ -228,8 +234,11 @@ def token_logprobs(head: OutputHead, h: torch.Tensor, pos: torch.Tensor, tok: to
         chunk = max(1, max_elements // head.vocab_size)
         order = torch.argsort(pos, stable=True)                                    # (K,)
         pos_s, tok_s = pos[order], tok[order]
-        starts = torch.arange(0, N + chunk, chunk, device=h.device)
-        cuts = torch.searchsorted(pos_s, starts).tolist()                          # pairs per chunk
+        if count_below is not None:                                                # counted on the host
+            cuts = [int(c) for c in count_below(np.arange(0, N + chunk, chunk))]
+        else:                                                                      # one read from the device
+            starts = torch.arange(0, N + chunk, chunk, device=h.device)
+            cuts = torch.searchsorted(pos_s, starts).tolist()                      # pairs per chunk
         for c, a in enumerate(range(0, N, chunk)):                                 # N / chunk steps
             ka, kb = cuts[c], cuts[c + 1]
             if ka == kb:

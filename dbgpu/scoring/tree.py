@@ -14,7 +14,11 @@ scored against the same set of continuations. So:
    (a view, when no row is padded; else one copy with each row's padding masked);
 3. the logits at the suffix's last token and at each internal node give the log-prob of
    every trie edge; summing edges down the tree by parent pointers, one tree level at a
-   time (float64), gives log T(f, g) for all targets at once.
+   time (float64), gives log T(f, g) for all targets at once;
+4. one batch is in flight: nothing of a batch is read back by the host until the next one
+   is queued (`Fetch`: on CUDA a non-blocking copy to pinned memory and an event; the rows'
+   order and lengths live on the device; the head's chunks are cut from host counts), so
+   the GPU does not wait while the host prepares the next batch.
 
 The trie's layout (tokens, depths, ancestor table, head indices, levels) is built once
 per target chunk and kept on the device; the shared mask once per chunk and batch width.
@@ -170,6 +174,7 @@ class TrieLayout:
     tok: torch.Tensor                 # (M,) token id of node m
     levels: list                      # [(nodes (n_d,), their parents (n_d,))] for depth d = 1, 2, ...
     ends: torch.Tensor                # (C,) last node of each target's path
+    pred_sorted: np.ndarray           # (M,) pred, sorted, on the host: the head's chunks are cut without a device read
 
     @property
     def n_internal(self) -> int:
@@ -184,7 +189,8 @@ def trie_layout(trie: Trie, device, *, table: bool = True) -> TrieLayout:
     levels = [(at(np.flatnonzero(trie.depth == d)), at(trie.parent[trie.depth == d]))
               for d in range(1, int(trie.depth.max(initial=0)) + 1)]
     return TrieLayout(tokens=at(trie.token[:I]), depth=at(trie.depth[:I]), anc=ancestors(trie, device) if table else None,
-                      pred=at(trie.parent + 1), tok=at(trie.token), levels=levels, ends=at(trie.ends))
+                      pred=at(trie.parent + 1), tok=at(trie.token), levels=levels, ends=at(trie.ends),
+                      pred_sorted=np.sort(np.asarray(trie.parent) + 1))
 
 
 def suffix_masks(layout: TrieLayout, *, S: int, P: int, config, dtype) -> tuple[dict, torch.Tensor]:
@@ -243,6 +249,39 @@ def path_sums(node_lp: torch.Tensor, layout: TrieLayout) -> torch.Tensor:
     return cum[..., layout.ends]                                  # (..., B, C)
 
 
+def positions_below(pred_sorted: np.ndarray, *, rows: int, keep: int):
+    """count_below for the head of `rows` rows of `keep` kept positions each: the head's
+    positions are b * keep + pred[m] (0 <= pred < keep), so the number below a start s is
+    sum_b #(pred < s - b * keep), counted on the host from the sorted pred: O(starts x rows x
+    log M), no device read."""
+    offsets = np.arange(rows) * keep                                          # (B,)
+
+    def count_below(starts: np.ndarray) -> np.ndarray:
+        return np.searchsorted(pred_sorted, starts[:, None] - offsets[None, :]).sum(axis=1)   # (n,)
+    return count_below
+
+
+class Fetch:
+    """A batch's log T on its way to the host. On CUDA: a non-blocking copy into pinned host
+    memory and an event after it, so the host goes on queuing the next batch while the GPU
+    works, and waits (`numpy`) only when it reads this one. Elsewhere: the tensor itself."""
+
+    def __init__(self, logT: torch.Tensor):
+        self.event = None
+        if logT.device.type == "cuda":
+            self.host = torch.empty(logT.shape, dtype=logT.dtype, pin_memory=True)
+            self.host.copy_(logT, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(logT.device))
+        else:
+            self.host = logT
+
+    def numpy(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()                  # this batch's copy only, not the device
+        return self.host.numpy()
+
+
 # ----------------------------------------------------------------------------- scoring
 
 
@@ -251,8 +290,8 @@ def _is_oom(e: BaseException) -> bool:
         isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
-def _dense_forward(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout, base: dict, qpos: torch.Tensor,
-                   *, P: int, prefix_kv, stats) -> torch.Tensor:
+def _dense_forward(model, suffix: torch.Tensor, pad: np.ndarray, pad_t: torch.Tensor, layout: TrieLayout, base: dict,
+                   qpos: torch.Tensor, *, P: int, prefix_kv, stats) -> torch.Tensor:
     """The dense path's decoder forward of a batch: (B, I + 1, H) hidden states at the last
     suffix token and the trie nodes (shared masks, the prefix cache expanded to the rows)."""
     from transformers import DynamicCache
@@ -262,7 +301,7 @@ def _dense_forward(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLay
     I = layout.n_internal
     with stats.stage("masks", device):
         ids = torch.cat([suffix, layout.tokens[None].expand(B, I)], dim=1)       # (B, Q)
-        mask, pos = batch_masks(base, qpos, torch.as_tensor(pad, device=device), P=P, padded=bool(pad.any()))
+        mask, pos = batch_masks(base, qpos, pad_t, P=P, padded=bool(pad.any()))
         cache = None
         if prefix_kv:
             cache = DynamicCache(ddp_cache_data=[(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1))
@@ -275,19 +314,20 @@ def _dense_forward(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLay
     return h
 
 
-def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout, base: dict, qpos: torch.Tensor,
-                *, P: int, head, prefix_kv, temperature, stats, max_elements, tables=None) -> np.ndarray:
-    """log T for a batch of sources against one trie: (len(tau), B, C) float64 (temperature: a
-    tuple). suffix (B, S) token ids left-padded by pad (B,) tokens (host ints); base masks and
-    qpos from `suffix_masks` (width S). tables (`sparse.trie_tables`): the sparse attention instead, no masks (base
-    None), no batch KV cache."""
+def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, pad_t: torch.Tensor, layout: TrieLayout, base: dict,
+                qpos: torch.Tensor, *, P: int, head, prefix_kv, temperature, stats, max_elements, tables=None) -> Fetch:
+    """log T for a batch of sources against one trie, (len(tau), B, C) float64 (temperature: a
+    tuple), as a `Fetch` (on CUDA still on its way to the host). suffix (B, S) token ids
+    left-padded by pad (B,) tokens (pad on the host, pad_t the same on the device); base masks
+    and qpos from `suffix_masks` (width S). tables (`sparse.trie_tables`): the sparse attention
+    instead, no masks (base None), no batch KV cache. Nothing is read back from the device
+    here and nothing is copied to it: the host can queue the next batch at once."""
     device = suffix.device
     B, S = suffix.shape
     I = layout.n_internal
     if tables is not None:
         with stats.stage("masks", device):
             ids = torch.cat([suffix, layout.tokens[None].expand(B, I)], dim=1)   # (B, Q)
-            pad_t = torch.as_tensor(pad, device=device)
             config = text_config(model)
             rows = sparse_rows(tables, prefix_kv=prefix_kv, P=P, S=S, pad=pad_t, windows=_layer_windows(config),
                                config=config)
@@ -297,33 +337,47 @@ def _score_rows(model, suffix: torch.Tensor, pad: np.ndarray, layout: TrieLayout
             h = h[:, S - 1:]                                      # (B, keep, H)
         check_served(rows, config)
     else:
-        h = _dense_forward(model, suffix, pad, layout, base, qpos, P=P, prefix_kv=prefix_kv, stats=stats)
+        h = _dense_forward(model, suffix, pad, pad_t, layout, base, qpos, P=P, prefix_kv=prefix_kv, stats=stats)
     keep = I + 1
     with stats.stage("head", device):
         M = len(layout.tok)
         idx = (torch.arange(B, device=device)[:, None] * keep + layout.pred[None, :]).reshape(-1)   # (B*M,)
         node_lp = token_logprobs(head, h.reshape(B * keep, -1), idx, layout.tok.repeat(B),
-                                 temperature=temperature, max_elements=max_elements).view(-1, B, M)  # (T, B, M)
+                                 temperature=temperature, max_elements=max_elements,
+                                 count_below=positions_below(layout.pred_sorted, rows=B, keep=keep)
+                                 ).view(-1, B, M)                                                    # (T, B, M)
     with stats.stage("reduction", device):
         logT = path_sums(node_lp, layout)                         # (T, B, C)
     with stats.stage("transfer", device):
-        out = logT.cpu().numpy()
+        out = Fetch(logT)                                         # a non-blocking copy on CUDA
     Q = S + I
     stats.count(tokens=B * Q - int(pad.sum()), padded=B * Q, logits=B * keep)
     stats.extra["tokens_per_forward"] = max(stats.extra.get("tokens_per_forward", 0), B * Q)
     return out
 
 
-def _score_chunk(model, logT: np.ndarray, order: np.ndarray, suffix: torch.Tensor, lengths: np.ndarray,
-                 chunk: np.ndarray, layout: TrieLayout, *, rows_per_forward: int, P: int, bar, stats, **kw) -> int:
-    """Fill logT[:, chunk] batch by batch: rows in `order` (longest suffix first), each batch
-    left-padded to its first row's suffix length (a slice of suffix (N, S_max), padded once);
-    the shared masks are built once per batch width. Halve the rows on out-of-memory and
-    retry the batch, never losing finished rows. Returns the rows per forward reached."""
+def _score_chunk(model, logT: np.ndarray, order: np.ndarray, order_t: torch.Tensor, suffix: torch.Tensor,
+                 lengths: np.ndarray, lengths_t: torch.Tensor, chunk: np.ndarray, layout: TrieLayout, *,
+                 rows_per_forward: int, P: int, bar, stats, **kw) -> int:
+    """Fill logT[:, chunk] batch by batch: rows in `order` (longest suffix first; order_t and
+    lengths_t are order and lengths on the device), each batch left-padded to its first row's
+    suffix length (a slice of suffix (N, S_max), padded once); the shared masks are built once
+    per batch width. One batch in flight: batch k's results are read (`Fetch.numpy`) only once
+    batch k + 1 is queued, so on CUDA the GPU is not left idle while the host prepares the
+    next batch. Halve the rows on out-of-memory and retry the batch, never losing finished
+    rows. Returns the rows per forward reached."""
     from dbgpu.devices import empty_cache
 
     S_max, device = suffix.shape[1], suffix.device
     base, width, start = None, None, 0
+    pending = None                                    # (rows, Fetch) of the batch in flight
+
+    def land(done):
+        rows, fetch = done
+        with stats.stage("transfer", device):         # host seconds: waiting for the device
+            logT[:, rows[:, None], chunk[None, :]] = fetch.numpy()
+        bar.update(len(rows) * len(chunk))
+
     while start < len(order):
         rows = order[start:start + rows_per_forward]
         S = int(lengths[rows[0]])
@@ -335,11 +389,11 @@ def _score_chunk(model, logT: np.ndarray, order: np.ndarray, suffix: torch.Tenso
                     base, qpos = suffix_masks(layout, S=S, P=P, config=text_config(model),
                                               dtype=next(model.parameters()).dtype)
             width = S
-        idx = torch.as_tensor(rows, device=device)
+        idx = order_t[start:start + len(rows)]                                   # (B,) on the device
         pad = S - lengths[rows]                                                  # (B,) on the host
         try:
-            logT[:, rows[:, None], chunk[None, :]] = _score_rows(model, suffix[idx, S_max - S:], pad, layout, base, qpos,
-                                                    P=P, stats=stats, **kw)
+            fetch = _score_rows(model, suffix[idx, S_max - S:], pad, S - lengths_t[idx], layout, base, qpos,
+                                P=P, stats=stats, **kw)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as e:
             if not _is_oom(e) or len(rows) == 1:
                 raise
@@ -347,8 +401,12 @@ def _score_chunk(model, logT: np.ndarray, order: np.ndarray, suffix: torch.Tenso
             stats.extra["oom_backoffs"] = stats.extra.get("oom_backoffs", 0) + 1
             empty_cache(device)
             continue
+        if pending is not None:
+            land(pending)                             # the previous batch, while this one runs
+        pending = (rows, fetch)
         start += len(rows)
-        bar.update(len(rows) * len(chunk))
+    if pending is not None:
+        land(pending)
     return rows_per_forward
 
 
@@ -416,6 +474,8 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
     lengths = np.array([len(x) for x in suffixes])
     order = np.argsort(-lengths, kind="stable")       # longest suffixes first: little padding
     suffix = _left_padded(suffixes, pad_id=pad_id, device=device)                # (N, S_max)
+    order_t = torch.as_tensor(order, device=device)                              # (N,) once, not per batch
+    lengths_t = torch.as_tensor(lengths, device=device)                          # (N,)
 
     N, S = len(prompts), int(lengths.max())
     logT = np.empty((len(taus), N, len(conts)), dtype=np.float64)
@@ -432,7 +492,8 @@ def tree_score_matrix(model, prompts: list[list[int]], conts: list[list[int]], *
         A = int(trie.depth[:trie.n_internal].max(initial=-1)) + 1           # sparse: ancestors per node at most
         rows = min(cap, rows_per_forward(shape, budget, queries=Q, keys=P + S + A if sparse else P + Q, prefix=P,
                                          n_rows=N, attention=attention, ancestors=A))
-        reached = _score_chunk(model, logT, order, suffix, lengths, chunk, layout, rows_per_forward=rows, P=P,
+        reached = _score_chunk(model, logT, order, order_t, suffix, lengths, lengths_t, chunk, layout,
+                               rows_per_forward=rows, P=P,
                                bar=bar, stats=stats, head=head, prefix_kv=prefix_kv, temperature=taus,
                                max_elements=budget.head_logits, tables=tables)
         cap = min(cap, reached) if reached < rows else cap
