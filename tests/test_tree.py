@@ -310,4 +310,5 @@ def test_the_heads_host_counted_chunks_equal_the_device_counted_ones():
         ref = token_logprobs(head, h, torch.as_tensor(pos), tok, temperature=(1.0, 0.5), max_elements=max_elements)
         got = token_logprobs(head, h, torch.as_tensor(pos), tok, temperature=(1.0, 0.5), max_elements=max_elements,
                              count_below=count)
-        torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)  # the same chunks, the same float32 ops; a wrong cut scores other positions
+        # the same chunks, the same float32 ops (1e-6: rounding); a wrong cut scores other positions
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
