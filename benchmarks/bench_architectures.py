@@ -7,11 +7,12 @@ Llama-3 with llama3 rope scaling, Qwen2.5 and Qwen3 with a sliding window, Gemma
 and its multimodal wrapper, Gemma-2, Mistral, Phi-3, OLMo-2, GPT-2) on the word task's
 first --n states:
 
-- float32: max |tree - per-pair| and max |plain - per-pair| over all pairs, where
-  per-pair is the model's own forward on prompt + continuation, log-softmax in float64;
+- float32: max |tree - per-pair| (dense masks, and `--attention sparse`) and max |plain -
+  per-pair| over all pairs, where per-pair is the model's own forward on prompt +
+  continuation, log-softmax in float64;
 - bfloat16 (the same weights, loaded as transformers loads a bf16 checkpoint): max
   |tree - plain| (both bf16 with the float32 head; they differ by bf16 rounding of the
-  decoder only), and max |bf16 tree - float32 per-pair|.
+  decoder only), and max |bf16 tree - float32 per-pair|, dense and sparse.
 
 Then the refusals (one-line errors naming --method plain) for what the tree scorer cannot
 serve exactly.
@@ -46,14 +47,17 @@ def row(arch: str, task, n: int, device) -> dict:
         ref = np.array([[reference_logT(model, p, c) for c in C] for p in P])
     kw = dict(pad_id=tok.pad_token_id)
     tree = score_matrix(model, P, C, method="tree", **kw)
+    sparse = score_matrix(model, P, C, method="tree", attention="sparse", **kw)
     plain = score_matrix(model, P, C, method="plain", **kw)
     model = cast_parameters(model, torch.bfloat16)
     tree16 = score_matrix(model, P, C, method="tree", **kw)
+    sparse16 = score_matrix(model, P, C, method="tree", attention="sparse", **kw)
     plain16 = score_matrix(model, P, C, method="plain", **kw)
     window = getattr(model.config.get_text_config(), "sliding_window", None)
     return dict(arch=arch, cls=type(model).__name__, window=window, prompt=min(map(len, P)),
-                tree=np.abs(tree - ref).max(), plain=np.abs(plain - ref).max(),
-                bf16_tree_plain=np.abs(tree16 - plain16).max(), bf16_ref=np.abs(tree16 - ref).max())
+                tree=np.abs(tree - ref).max(), sparse=np.abs(sparse - ref).max(), plain=np.abs(plain - ref).max(),
+                bf16_tree_plain=np.abs(tree16 - plain16).max(), bf16_ref=np.abs(tree16 - ref).max(),
+                bf16_sparse_ref=np.abs(sparse16 - ref).max())
 
 
 def refusals(task) -> list[tuple[str, str]]:
@@ -100,13 +104,14 @@ def main(argv=None) -> int:
     print(f"# architectures: word100, {args.n} states ({args.n ** 2} pairs), device {args.device}, "
           f"torch {torch.__version__}, transformers {transformers.__version__}")
     print("| architecture | class | sliding window / shortest prompt | fp32 max abs(tree - per-pair) | "
-          "fp32 max abs(plain - per-pair) | bf16 max abs(tree - plain) | bf16 tree vs fp32 per-pair |")
-    print("|---|---|---|---:|---:|---:|---:|")
+          "fp32 max abs(sparse - per-pair) | fp32 max abs(plain - per-pair) | bf16 max abs(tree - plain) | "
+          "bf16 tree vs fp32 per-pair | bf16 sparse vs fp32 per-pair |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for arch in ARCHS:
         r = row(arch, task, args.n, torch.device(args.device))
         win = f"{r['window']} / {r['prompt']}" if r["window"] else f"none / {r['prompt']}"
-        print(f"| {r['arch']} | {r['cls']} | {win} | {r['tree']:.1e} | {r['plain']:.1e} | "
-              f"{r['bf16_tree_plain']:.1e} | {r['bf16_ref']:.1e} |", flush=True)
+        print(f"| {r['arch']} | {r['cls']} | {win} | {r['tree']:.1e} | {r['sparse']:.1e} | {r['plain']:.1e} | "
+              f"{r['bf16_tree_plain']:.1e} | {r['bf16_ref']:.1e} | {r['bf16_sparse_ref']:.1e} |", flush=True)
     print()
     print("| refused by the tree scorer | message |")
     print("|---|---|")
