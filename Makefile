@@ -10,7 +10,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 # already imports a torch (a workstation may bring its own).
 TORCH  ?= torch==2.13.0
 
-.PHONY: venv run test test-fast bench gpu-check clean
+.PHONY: venv run test test-fast bench gpu-check gpu-bundle clean
 
 venv: $(STAMP)
 
@@ -44,5 +44,11 @@ GPU_PYTHON ?= $(shell test -x $(PY) && echo $(PY) || echo python3)
 gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
+# For a GPU machine with torch and transformers but no registry (the device tool's image):
+# the pure-Python packages it lacks and SmolLM2's tokenizer, in .gpu-bundle/ (~9 MiB) to
+# carry there; gpu-check puts it on the path by itself.
+gpu-bundle: $(STAMP)
+	$(PY) scripts/gpu_bundle.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .gpu-bundle

