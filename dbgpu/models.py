@@ -248,28 +248,27 @@ def alias_tokenizer(alias: str, *, cache_dir: Path | None = None):
 
 def random_tokenizer(name: str, *, cache_dir: Path | None = None):
     """(tokenizer, record) of a random model name (`random_spec`): the byte-level tokenizer
-    of its architecture, or the named alias's real one. record is what meta.json says."""
+    of its architecture, the named alias's real one, or the one saved in a directory.
+    record is what meta.json says."""
     arch, alias = random_spec(name)
     if alias is None:
         tok = byte_tokenizer(chat=RANDOM_CONFIGS[arch]["chat"])
         return tok, {"kind": "byte-level", "source": None, "size": len(tok)}
-    if alias not in ALIASES:                           # a directory (random_spec checked it)
+    if alias in ALIASES:
+        tok = alias_tokenizer(alias, cache_dir=cache_dir)
+        kind, source = alias, _alias_gguf(alias, Path(cache_dir) if cache_dir else default_cache_dir())
+    else:                                              # a directory (random_spec checked it)
         from transformers import AutoTokenizer
 
-        where = Path(alias).expanduser().resolve()
+        kind, source = "directory", Path(alias).expanduser().resolve()
         try:
             with quiet_loading():
-                tok = AutoTokenizer.from_pretrained(where, trust_remote_code=False)
+                tok = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
         except (OSError, ValueError) as e:
-            raise DbgpuError(f"cannot load the tokenizer in {where}: {str(e).splitlines()[0]}") from None
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
-        return tok, {"kind": "directory", "source": str(where), "size": len(tok)}
-    tok = alias_tokenizer(alias, cache_dir=cache_dir)
+            raise DbgpuError(f"cannot load the tokenizer in {source}: {str(e).splitlines()[0]}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return tok, {"kind": alias, "source": str(_alias_gguf(alias, Path(cache_dir) if cache_dir else default_cache_dir())),
-                 "size": len(tok)}
+    return tok, {"kind": kind, "source": str(source), "size": len(tok)}
 
 
 CHATML_TEMPLATE = (
